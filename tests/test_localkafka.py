@@ -1,0 +1,86 @@
+"""backbone.localkafka starts a real 3-node Kafka that replicates, survives a broker's death
+and stops without leaving a JVM behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from backbone.localkafka import LocalKafka
+
+TOPIC = "replicated"
+TP = TopicPartition(TOPIC, 0)
+
+
+async def create_topic(bootstrap: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        config = {"min.insync.replicas": "1"}
+        await admin.create_topics([NewTopic(TOPIC, 1, 3, topic_configs=config)])
+        [described] = await admin.describe_topics([TOPIC])
+        return sorted(described["partitions"][0]["replicas"])
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, value: bytes) -> int:
+    """Send with acks=all; return the partition leader's node id that took the write."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        # Bounded: after a broker's death the producer retries until the leader moves.
+        await asyncio.wait_for(producer.send_and_wait(TOPIC, value, key=b"k"), 45)
+        return int(producer.client.cluster.leader_for_partition(TP))
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, count: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TP])
+        await consumer.seek_to_beginning(TP)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(TP, timeout_ms=1000)
+            values += [r.value for r in batches.get(TP, [])]
+        return values
+    finally:
+        await consumer.stop()
+
+
+def java_alive(pid: int) -> bool:
+    try:  # a zombie has an empty cmdline: it is dead
+        return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -> None:
+    kafka = LocalKafka(tmp_path / "kafka", nodes=3)
+    try:
+        bootstrap = kafka.start(timeout=90)
+        assert len(bootstrap.split(",")) == 3
+        state = json.loads((tmp_path / "kafka" / "cluster.json").read_text())
+        pids = [node["pid"] for node in state["nodes"]]
+        assert all(java_alive(pid) for pid in pids)
+
+        assert asyncio.run(create_topic(bootstrap)) == [0, 1, 2]
+        leader = asyncio.run(produce(bootstrap, b"before"))
+        assert asyncio.run(read_all(bootstrap, 1)) == [b"before"]
+
+        kafka.kill_node(leader)  # the leader, so the write below needs a failover
+        assert not java_alive(pids[leader])
+        new_leader = asyncio.run(produce(bootstrap, b"after"))
+        assert new_leader != leader
+        assert asyncio.run(read_all(bootstrap, 2)) == [b"before", b"after"]
+    finally:
+        kafka.stop()
+    assert not any(java_alive(pid) for pid in pids)

@@ -1,0 +1,82 @@
+"""HTTP routes every service gets: submit an event, read an aggregate, health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.exceptions import HTTPException
+from litestar.status_codes import (
+    HTTP_202_ACCEPTED,
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from backbone.codec import DecodeError
+from backbone.domain import event_type_name
+from backbone.runtime import Engine, NotOwnedError
+
+MAX_ID_LENGTH = 256
+
+
+def _check_id(aggregate_id: str) -> None:
+    if not aggregate_id.strip() or len(aggregate_id) > MAX_ID_LENGTH:
+        raise HTTPException(
+            status_code=HTTP_400_BAD_REQUEST,
+            detail=f"the id must be 1 to {MAX_ID_LENGTH} characters, not blank",
+        )
+
+
+def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
+    """``POST /<plural>/{id}/events`` and ``GET /<plural>/{id}``."""
+    handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
+
+    @post("/{aggregate_id:str}/events", status_code=HTTP_202_ACCEPTED)
+    async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        _check_id(aggregate_id)
+        body = await request.body()
+        try:
+            event = engine.applier.events.decode(body)
+        except DecodeError as exc:
+            raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        name = event_type_name(type(event))
+        if name not in handled:
+            raise HTTPException(
+                status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+                detail=f"{name!r} is emitted by the service and cannot be submitted; "
+                f"accepted types: {', '.join(sorted(handled))}",
+            )
+        partition, offset = await engine.submit(aggregate_id, event)
+        return {"id": aggregate_id, "type": name, "partition": partition, "offset": offset}
+
+    @get("/{aggregate_id:str}")
+    async def get_aggregate(aggregate_id: str) -> Response[bytes]:
+        _check_id(aggregate_id)
+        try:
+            aggregate = engine.get_local(aggregate_id)
+        except NotOwnedError as exc:
+            raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+        if aggregate is None:
+            raise HTTPException(
+                status_code=HTTP_404_NOT_FOUND,
+                detail=f"no {engine.settings.store} {aggregate_id!r}",
+            )
+        return Response(engine.applier.aggregates.to_json(aggregate), media_type="application/json")
+
+    return Router(path=f"/{plural}", route_handlers=[submit_event, get_aggregate])
+
+
+def health_routes(engine: Engine[Any]) -> Router:
+    @get("/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready")
+    async def ready() -> Response[dict[str, Any]]:
+        status = engine.status()
+        code = 200 if status["ready"] else HTTP_503_SERVICE_UNAVAILABLE
+        return Response(status, status_code=code)
+
+    return Router(path="/health", route_handlers=[live, ready])

@@ -1,0 +1,190 @@
+"""Reading a changelog into partition stores: restore of actives (until caught up) and,
+later, tailing for standbys. One consumer with manual assignment serves every partition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from backbone.store import PartitionStore
+
+log = structlog.get_logger(__name__)
+
+WRITE_BATCH_RECORDS = 20_000
+PROGRESS_EVERY_S = 2.0
+
+
+class ChangelogMismatchError(RuntimeError):
+    """The store's offsets cannot come from this changelog (it was recreated or truncated)."""
+
+
+@dataclass(slots=True)
+class Progress:
+    partition: int
+    start: int
+    target: int | None
+    position: int
+    records: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, object]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        out: dict[str, object] = {
+            "partition": self.partition,
+            "position": self.position,
+            "target": self.target,
+            "records": self.records,
+            "bytes": self.bytes,
+            "records_per_s": round(self.records / elapsed, 1),
+        }
+        if self.target is not None:
+            total = max(self.target - self.start, 1)
+            done = min(max(self.position - self.start, 0), total)
+            rate = done / elapsed
+            out["percent"] = round(100.0 * done / total, 1)
+            out["eta_s"] = round((total - done) / rate, 1) if rate > 0 else None
+        return out
+
+
+@dataclass(slots=True)
+class _Task:
+    store: PartitionStore
+    progress: Progress
+    done: asyncio.Future[Progress] | None
+
+
+class ChangelogReader:
+    def __init__(self, bootstrap: str, topic: str, client_id: str) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=f"{client_id}-changelog",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        self._tasks: dict[int, _Task] = {}
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._runner = asyncio.create_task(self._run(), name="changelog-reader")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        for task in self._tasks.values():
+            if task.done is not None and not task.done.done():
+                task.done.cancel()
+        self._tasks.clear()
+        await self._consumer.stop()
+
+    def progress(self) -> list[dict[str, object]]:
+        return [t.progress.as_dict() for t in self._tasks.values() if t.done is not None]
+
+    async def bounds(self, partition: int) -> tuple[int, int]:
+        tp = TopicPartition(self.topic, partition)
+        begin = (await self._consumer.beginning_offsets([tp]))[tp]
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        return begin, end
+
+    async def restore(self, store: PartitionStore) -> Progress:
+        """Bring ``store`` up to the changelog's current end; returns when it is there."""
+        partition = store.partition
+        begin, end = await self.bounds(partition)
+        start = store.meta().changelog_offset
+        if start > end:
+            raise ChangelogMismatchError(
+                f"store {store.path} has applied changelog {self.topic}[{partition}] up to offset "
+                f"{start}, but the changelog ends at {end}: the changelog was recreated or "
+                f"truncated. Delete {store.path} so that it is rebuilt, then restart."
+            )
+        if start < begin:
+            # Records below `begin` were deleted: replaying from `begin` would leave a gap
+            # unless the store starts empty and the changelog still holds every key.
+            log.warning(
+                "changelog_gap_rebuilding",
+                partition=partition,
+                store_offset=start,
+                changelog_begin=begin,
+                store=str(store.path),
+            )
+            raise ChangelogMismatchError(
+                f"store {store.path} stops at changelog offset {start} but the changelog now "
+                f"starts at {begin}: records in between are gone. Bootstrap the partition from "
+                f"a peer, or delete {store.path} to rebuild from the changelog."
+            )
+        progress = Progress(partition, start, end, start)
+        if start >= end:
+            return progress
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Progress] = loop.create_future()
+        self._assign(partition, _Task(store, progress, done))
+        log.info("restore_started", partition=partition, start=start, target=end)
+        try:
+            return await done
+        finally:
+            self.remove(partition)
+
+    def remove(self, partition: int) -> None:
+        if self._tasks.pop(partition, None) is not None:
+            self._reassign()
+
+    def _assign(self, partition: int, task: _Task) -> None:
+        self._tasks[partition] = task
+        self._reassign()
+
+    def _reassign(self) -> None:
+        tps = {TopicPartition(self.topic, p): t for p, t in self._tasks.items()}
+        self._consumer.assign(list(tps))
+        for tp, task in tps.items():
+            # assign() forgets positions: every store resumes from its own offset.
+            self._consumer.seek(tp, task.store.meta().changelog_offset)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        last_report = time.monotonic()
+        while True:
+            if not self._tasks:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=WRITE_BATCH_RECORDS)
+            for tp, records in batches.items():
+                task = self._tasks.get(tp.partition)
+                if task is None or not records:
+                    continue
+                fresh = [r for r in records if r.offset >= task.progress.position]
+                if not fresh:
+                    continue
+                task.store.write(
+                    ((r.key, r.value) for r in fresh if r.key is not None),
+                    changelog_offset=fresh[-1].offset + 1,
+                )
+                task.progress.position = fresh[-1].offset + 1
+                task.progress.records += len(fresh)
+                task.progress.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in fresh)
+            for partition, task in list(self._tasks.items()):
+                if task.done is None or task.progress.target is None or task.done.done():
+                    continue
+                tp = TopicPartition(self.topic, partition)
+                if not self._consumer.assignment() or tp not in self._consumer.assignment():
+                    continue
+                position = await self._consumer.position(tp)
+                task.progress.position = max(task.progress.position, position)
+                if position >= task.progress.target:
+                    log.info("restore_finished", **task.progress.as_dict())
+                    task.done.set_result(task.progress)
+            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                for progress in self.progress():
+                    log.info("restore_progress", **progress)

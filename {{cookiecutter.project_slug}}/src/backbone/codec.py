@@ -1,0 +1,110 @@
+"""Bytes on Kafka and in RocksDB <-> domain values.
+
+Events are JSON (readable by other systems); their type and schema version also travel in
+record headers so that old shapes can be upcast. Aggregates are msgpack, prefixed by the
+input offset of the last event applied to them (the fence of invariant 1).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar, Union
+
+import msgspec
+
+from backbone.domain import Domain, Event, event_type_name, types_by_name
+
+A = TypeVar("A", bound=msgspec.Struct)
+
+Headers = Sequence[tuple[str, bytes]]
+
+TYPE_HEADER = "event-type"
+VERSION_HEADER = "schema-version"
+ID_HEADER = "event-id"
+
+_OFFSET = struct.Struct(">q")
+NO_OFFSET = -1
+
+
+class DecodeError(ValueError):
+    """The record is not a valid event; the message says why, for the DLQ and for 4xx."""
+
+
+def header(headers: Headers, name: str) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class EventCodec:
+    def __init__(self, domain: Domain[Any]) -> None:
+        types = domain.event_types()
+        if not types:
+            raise ValueError("the domain declares no event types")
+        self._by_name = types_by_name(types)
+        union: Any = Union[tuple(types)] if len(types) > 1 else types[0]  # noqa: UP007
+        self._decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(union)
+        self._encoder = msgspec.json.Encoder()
+        self._upcasters = domain.upcasters
+
+    @property
+    def type_names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def decode(self, value: bytes | None, headers: Headers = ()) -> Event:
+        if not value:
+            raise DecodeError("empty record value: expected a JSON event")
+        version = header(headers, VERSION_HEADER)
+        try:
+            if version is not None:
+                name = (header(headers, TYPE_HEADER) or b"").decode()
+                event_type = self._by_name.get(name)
+                if event_type is not None and int(version) < event_type.schema_version:
+                    data = msgspec.json.decode(value, type=dict[str, Any])
+                    data = self._upcasters.upcast(
+                        name, int(version), event_type.schema_version, data
+                    )
+                    return msgspec.convert(data, type=event_type)
+            return self._decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(self._explain(str(exc))) from exc
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"malformed JSON: {exc}") from exc
+        except (LookupError, ValueError) as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def _explain(self, message: str) -> str:
+        if "at `$.type`" in message:
+            return f"{message}; known event types: {', '.join(self.type_names)}"
+        return message
+
+    def encode(self, event: Event) -> tuple[bytes, list[tuple[str, bytes]]]:
+        headers = [
+            (TYPE_HEADER, event_type_name(type(event)).encode()),
+            (VERSION_HEADER, str(type(event).schema_version).encode()),
+        ]
+        return self._encoder.encode(event), headers
+
+
+class AggregateCodec(Generic[A]):
+    """Stored value = 8-byte input offset of the last applied event + msgpack aggregate."""
+
+    def __init__(self, aggregate: type[A]) -> None:
+        self._decoder = msgspec.msgpack.Decoder(aggregate)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._json = msgspec.json.Encoder()
+
+    def encode(self, offset: int, aggregate: A) -> bytes:
+        return _OFFSET.pack(offset) + self._encoder.encode(aggregate)
+
+    def decode(self, value: bytes) -> tuple[int, A]:
+        return _OFFSET.unpack_from(value)[0], self._decoder.decode(memoryview(value)[8:])
+
+    def to_json(self, aggregate: A) -> bytes:
+        return self._json.encode(aggregate)
+
+
+def offset_of(value: bytes) -> int:
+    return int(_OFFSET.unpack_from(value)[0])

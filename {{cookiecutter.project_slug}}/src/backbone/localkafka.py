@@ -1,0 +1,413 @@
+"""A real local Apache Kafka cluster (KRaft, 1 or 3 nodes on 127.0.0.1) for tests, demo, benchmarks.
+
+    python -m backbone.localkafka start [--nodes 1|3] [--dir .kafka] [--timeout 90]
+    python -m backbone.localkafka stop [--dir .kafka] [--wipe]
+    python -m backbone.localkafka jars
+
+Jars come from Maven Central and are cached in $BACKBONE_KAFKA_CACHE/kafka-<version>/lib
+(default ~/.cache/backbone); the version is $BACKBONE_KAFKA_VERSION (default 4.1.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypedDict
+
+from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
+
+DEFAULT_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+STOP_GRACE_S = 20.0
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.backbone</groupId><artifactId>kafka-jars</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J = """rootLogger.level=WARN
+rootLogger.appenderRef.f.ref=F
+appender.f.type=File
+appender.f.name=F
+appender.f.fileName={file}
+appender.f.layout.type=PatternLayout
+appender.f.layout.pattern=[%d] %p %m (%c)%n
+"""
+
+
+class LocalKafkaError(RuntimeError):
+    pass
+
+
+class _Node(TypedDict):
+    id: int
+    port: int
+    controller_port: int
+    pid: int
+
+
+class _State(TypedDict):
+    bootstrap: str
+    cluster_id: str
+    version: str
+    nodes: list[_Node]
+
+
+def _say(msg: str) -> None:
+    print(f"localkafka: {msg}", file=sys.stderr, flush=True)
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _tail_file(path: Path, lines: int = 30) -> str:
+    try:
+        return f"--- tail of {path} ---\n{_tail(path.read_text(errors='replace'), lines)}"
+    except OSError:
+        return f"--- {path}: not written ---"
+
+
+def _version(version: str | None) -> str:
+    return version or os.environ.get("BACKBONE_KAFKA_VERSION") or DEFAULT_VERSION
+
+
+def check_java() -> None:
+    java = shutil.which("java")
+    if java is None:
+        raise LocalKafkaError("`java` is not on PATH: Kafka needs Java 17 or newer")
+    out = subprocess.run([java, "-version"], check=False, capture_output=True, text=True).stderr
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(m[1]) if m else 0
+    if m and major == 1 and m[2]:  # Java 8 and older report "1.8"
+        major = int(m[2])
+    if major < 17:
+        raise LocalKafkaError(f"Kafka needs Java 17 or newer; `java -version` says:\n{out}")
+
+
+def ensure_jars(version: str | None = None) -> Path:
+    """Fetch Kafka's jars (and a log4j binding) with Maven unless cached; return the lib dir."""
+    version = _version(version)
+    root = Path(os.environ.get("BACKBONE_KAFKA_CACHE") or Path.home() / ".cache" / "backbone")
+    cache = root / f"kafka-{version}"
+    lib, marker = cache / "lib", cache / "lib" / ".complete"
+    pom = _POM.format(kafka=version, log4j=LOG4J_VERSION)
+    # The marker holds the pom, so a changed pom or an interrupted copy is fetched again.
+    if marker.is_file() and marker.read_text() == pom:
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs must not copy into lib at once
+        if marker.is_file() and marker.read_text() == pom:
+            return lib
+        check_java()
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise LocalKafkaError("`mvn` is not on PATH: install Maven 3 to fetch Kafka's jars")
+        shutil.rmtree(lib, ignore_errors=True)
+        (cache / "pom.xml").write_text(pom)
+        _say(f"fetching Kafka {version} jars with Maven into {lib}")
+        cmd = [mvn, "-q", "-B", "-f", str(cache / "pom.xml"), "dependency:copy-dependencies"]
+        cmd.append(f"-DoutputDirectory={lib}")
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise LocalKafkaError(
+                f"Maven failed (exit {r.returncode}) to fetch org.apache.kafka:kafka_2.13:{version}"
+                f" into {lib}. Check that the version exists, that Maven Central is reachable,"
+                f" and that `mvn` and Java 17+ are on PATH. Maven's output ends:\n"
+                + _tail(r.stdout + r.stderr)
+            )
+        marker.write_text(pom)
+    return lib
+
+
+def _free_ports(n: int) -> list[int]:
+    # All sockets are held open together so the n ports differ from each other.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cluster_id() -> str:
+    # Kafka's Uuid text form; generated here to save a JVM start of `StorageTool random-uuid`.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _brokers_seen(bootstrap: str) -> set[int]:
+    async def probe() -> set[int]:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await client.bootstrap()
+            return {int(b.nodeId) for b in client.cluster.brokers()}
+        except (KafkaError, OSError):  # OSError includes TimeoutError
+            return set()
+        finally:
+            await client.close()
+
+    # A thread of its own, so start() also works when called inside a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
+
+
+class LocalKafka:
+    def __init__(self, workdir: Path, nodes: int = 1, version: str | None = None) -> None:
+        if nodes not in (1, 3):
+            raise ValueError(f"nodes must be 1 or 3, not {nodes}")
+        self.workdir = Path(workdir).resolve()
+        self.nodes = nodes
+        self.version = _version(version)
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._state: _State | None = None
+
+    def _node_dir(self, i: int) -> Path:
+        return self.workdir / f"node-{i}"
+
+    def _load(self) -> _State | None:
+        if self._state is None and (self.workdir / "cluster.json").is_file():
+            self._state = json.loads((self.workdir / "cluster.json").read_text())
+        return self._state
+
+    @property
+    def bootstrap(self) -> str:
+        state = self._load()
+        if state is None:
+            raise LocalKafkaError(f"no cluster started in {self.workdir}")
+        return state["bootstrap"]
+
+    def _alive(self, node: _Node) -> bool:
+        """True while the pid is still this node's JVM: a recycled pid is never signalled."""
+        proc = self._procs.get(node["id"])
+        if proc is not None:
+            proc.poll()  # reaps our own child, whose zombie would otherwise look alive
+        try:
+            argv = Path(f"/proc/{node['pid']}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        props = str(self._node_dir(node["id"]) / "server.properties").encode()
+        return os.path.basename(argv[0]) == b"java" and props in argv
+
+    def _signal_and_wait(self, nodes: list[_Node], sig: int, timeout: float) -> list[_Node]:
+        for node in nodes:
+            if self._alive(node):
+                os.kill(node["pid"], sig)
+        deadline = time.monotonic() + timeout
+        while (left := [n for n in nodes if self._alive(n)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
+
+    def start(self, timeout: float = 90.0) -> str:
+        t0 = time.monotonic()
+        old = self._load()
+        if old is not None and any(self._alive(n) for n in old["nodes"]):
+            raise LocalKafkaError(f"a cluster is already running in {self.workdir}; stop it first")
+        check_java()
+        lib = ensure_jars(self.version)
+        n = self.nodes
+        ports = _free_ports(2 * n)
+        cluster_id = _cluster_id()
+        voters = ",".join(f"{i}@127.0.0.1:{ports[2 * i + 1]}" for i in range(n))
+        heap = shlex.split(os.environ.get("BACKBONE_KAFKA_HEAP", "-Xmx512m -Xms256m"))
+        java = ["java", *heap, "-Djava.awt.headless=true", "-cp", f"{lib}/*"]
+        settings = {
+            "process.roles": "broker,controller",
+            "controller.quorum.voters": voters,
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "offsets.topic.replication.factor": n,
+            "transaction.state.log.replication.factor": n,
+            "transaction.state.log.min.isr": 1 if n == 1 else 2,
+            "min.insync.replicas": 1,
+            "default.replication.factor": n,
+            "num.partitions": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            "auto.create.topics.enable": "false",
+            "log.retention.check.interval.ms": 5000,
+            "log.segment.delete.delay.ms": 1000,
+        }
+        cmds: list[list[str]] = []
+        for i in range(n):
+            d = self._node_dir(i)
+            shutil.rmtree(d, ignore_errors=True)  # a start is always a fresh cluster
+            (d / "data").mkdir(parents=True)
+            port, cport = ports[2 * i], ports[2 * i + 1]
+            props = settings | {
+                "node.id": i,
+                "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+                "log.dirs": d / "data",
+            }
+            (d / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+            (d / "log4j2.properties").write_text(_LOG4J.format(file=d / "broker.log"))
+            cmds.append([*java, f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}"])
+        fmt = [
+            subprocess.Popen(
+                # Short-lived JVMs: C1 only and serial GC start ~30% faster (2-CPU laptops, CI).
+                [*cmds[i], "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "kafka.tools.StorageTool"]
+                + ["format", "-t", cluster_id]
+                + ["-c", str(self._node_dir(i) / "server.properties")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            for i in range(n)
+        ]
+        for i, p in enumerate(fmt):
+            out = p.communicate()[0].decode(errors="replace")
+            if p.returncode != 0:
+                raise LocalKafkaError(f"formatting node {i} failed:\n{_tail(out)}")
+        for i in range(n):
+            with open(self._node_dir(i) / "stdout.log", "wb") as log:
+                self._procs[i] = subprocess.Popen(
+                    [*cmds[i], "kafka.Kafka", str(self._node_dir(i) / "server.properties")],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # the brokers outlive `localkafka start`
+                )
+        bootstrap = ",".join(f"127.0.0.1:{ports[2 * i]}" for i in range(n))
+        nodes = [
+            _Node(id=i, port=ports[2 * i], controller_port=ports[2 * i + 1], pid=p.pid)
+            for i, p in self._procs.items()
+        ]
+        self._state = _State(bootstrap=bootstrap, cluster_id=cluster_id, version=self.version,
+                             nodes=nodes)  # fmt: skip
+        # Written before the wait, so `stop` finds the JVMs even if this process dies meanwhile.
+        (self.workdir / "cluster.json").write_text(json.dumps(self._state, indent=2) + "\n")
+        _say(f"started {n} JVM(s), waiting for all brokers at {bootstrap}")
+        try:
+            self._wait_ready(t0 + timeout, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        _say(f"{n} node(s) ready in {time.monotonic() - t0:.1f}s")
+        return bootstrap
+
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
+        assert self._state is not None
+        nodes, seen = self._state["nodes"], set[int]()
+        while True:
+            for node in nodes:
+                proc = self._procs[node["id"]]
+                if proc.poll() is not None:
+                    raise LocalKafkaError(
+                        f"Kafka node {node['id']} exited with code {proc.returncode} at start\n"
+                        + self._logs(node["id"])
+                    )
+            if all(_listening(node["port"]) for node in nodes):
+                seen = _brokers_seen(self._state["bootstrap"])
+                if len(seen) == len(nodes):
+                    return
+            if time.monotonic() > deadline:
+                missing = [node["id"] for node in nodes if node["id"] not in seen]
+                raise LocalKafkaError(
+                    f"Kafka not ready within {timeout:.0f}s: brokers {sorted(seen)} seen,"
+                    f" {missing} missing\n" + "\n".join(self._logs(i) for i in missing)
+                )
+            time.sleep(0.2)  # poll interval
+
+    def _logs(self, i: int) -> str:
+        d = self._node_dir(i)
+        return f"{_tail_file(d / 'stdout.log')}\n{_tail_file(d / 'broker.log')}"
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL node i (0-based; equals its Kafka node.id) and wait until it is gone."""
+        state = self._load()
+        if state is None or not 0 <= i < len(state["nodes"]):
+            raise LocalKafkaError(f"no node {i} in {self.workdir}")
+        if self._signal_and_wait([state["nodes"][i]], signal.SIGKILL, 10.0):
+            raise LocalKafkaError(f"node {i} (pid {state['nodes'][i]['pid']}) survived SIGKILL")
+
+    def stop(self, wipe: bool = False) -> None:
+        """SIGTERM every node, SIGKILL those still alive after STOP_GRACE_S; wipe=True rm -r's."""
+        state = self._load()
+        if state is not None:
+            left = self._signal_and_wait(state["nodes"], signal.SIGTERM, STOP_GRACE_S)
+            if left:
+                _say(f"nodes {[n['id'] for n in left]} outlived SIGTERM by {STOP_GRACE_S}s")
+                if self._signal_and_wait(left, signal.SIGKILL, 10.0):
+                    raise LocalKafkaError(f"could not stop {[n['pid'] for n in left]}")
+        self._procs.clear()
+        if wipe:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._state = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backbone.localkafka", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    start = sub.add_parser("start", help="start brokers, print the bootstrap address, exit")
+    start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    start.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
+    stop = sub.add_parser("stop", help="stop the brokers started in --dir")
+    stop.add_argument("--wipe", action="store_true", help="also delete --dir")
+    for p in (start, stop):
+        p.add_argument("--dir", type=Path, default=Path(".kafka"), help="work dir (.kafka)")
+    sub.add_parser("jars", help="only fetch Kafka's jars into the cache")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "start":
+            print(LocalKafka(args.dir, args.nodes).start(args.timeout))
+        elif args.cmd == "stop":
+            LocalKafka(args.dir).stop(wipe=args.wipe)
+        else:
+            print(ensure_jars())
+    except LocalKafkaError as e:
+        print(f"localkafka: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""One node of a service: Kafka clients, stores, restore and processing, started together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry import propagate, trace
+
+from backbone.changelog import ChangelogReader
+from backbone.codec import NO_OFFSET
+from backbone.domain import Domain, Event
+from backbone.partitioning import partition_for
+from backbone.processing.apply import BatchApplier
+from backbone.processing.processor import Processor
+from backbone.settings import EngineSettings
+from backbone.store.registry import StoreRegistry
+from backbone.topics import Topics, ensure_topics
+
+A = TypeVar("A", bound=msgspec.Struct)
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("backbone.runtime")
+
+
+class NotOwnedError(LookupError):
+    """The partition of this key is not active on this node."""
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, engine: Engine[Any]) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.engine.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.engine.on_assigned({tp.partition for tp in assigned})
+
+
+class Engine(Generic[A]):
+    def __init__(self, settings: EngineSettings, domain: Domain[A]) -> None:
+        self.settings = settings
+        self.domain = domain
+        self.topics = Topics(settings.service, settings.store)
+        self.applier: BatchApplier[A] = BatchApplier(domain)
+        self.stores = StoreRegistry(settings.data_dir, settings.store)
+        client_id = f"{settings.service}-{settings.node_id}"
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=client_id,
+            group_id=self.topics.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self.reader = ChangelogReader(settings.bootstrap_servers, self.topics.changelog, client_id)
+        self.processor = Processor(
+            self.consumer,
+            self.producer,
+            self.stores,
+            self.applier,
+            self.topics,
+            settings.max_batch_records,
+        )
+        self.assigned: set[int] = set()
+        self._restores: dict[int, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._joined = False
+        self.started_at = time.time()
+        self.failure: str | None = None
+
+    async def start(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
+        await admin.start()
+        try:
+            config = {"cleanup.policy": "compact"}
+            if self.settings.changelog_retention_ms >= 0:
+                config = {
+                    "cleanup.policy": "compact,delete",
+                    "retention.ms": str(self.settings.changelog_retention_ms),
+                }
+            await ensure_topics(
+                admin,
+                self.topics,
+                self.settings.partitions,
+                self.settings.replication_factor,
+                config,
+            )
+        finally:
+            await admin.close()
+        await self.producer.start()
+        await self.reader.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
+        self._tasks.append(asyncio.create_task(self._process(), name="processor"))
+        log.info(
+            "engine_started",
+            service=self.settings.service,
+            node=self.settings.node_id,
+            zone=self.settings.zone,
+            partitions=self.settings.partitions,
+        )
+
+    async def _process(self) -> None:
+        try:
+            await self.processor.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("processor_failed")
+            raise
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._restores.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
+        async with self.processor.lock:
+            await self.consumer.stop()
+        await self.reader.stop()
+        await self.producer.stop()
+        self.stores.close_all()
+        log.info("engine_stopped")
+
+    # --- rebalance -------------------------------------------------------------------
+    async def on_revoked(self, partitions: set[int]) -> None:
+        async with self.processor.lock:  # let the batch in flight finish and commit
+            for p in partitions:
+                task = self._restores.pop(p, None)
+                if task is not None:
+                    task.cancel()
+                self.processor.ready.discard(p)
+            self.assigned -= partitions
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        self._joined = True
+        for p in self.stores.partitions - partitions:
+            self.stores.close(p)  # stores given back in this rebalance stay open
+        self.assigned = set(partitions)
+        tps = [TopicPartition(self.topics.events, p) for p in partitions]
+        if tps:
+            self.consumer.pause(*tps)
+        for p in sorted(partitions):
+            self._restores[p] = asyncio.create_task(self._restore(p), name=f"restore-{p}")
+        log.info("partitions_assigned", partitions=sorted(partitions))
+
+    async def _restore(self, partition: int) -> None:
+        tp = TopicPartition(self.topics.events, partition)
+        try:
+            store = self.stores.open(partition)
+            await self.reader.restore(store)
+            committed = await self.consumer.committed(tp)
+            stored = store.meta().input_offset
+            if stored > (committed or 0):
+                self.consumer.seek(tp, stored)
+            if partition in self.assigned:
+                self.processor.ready.add(partition)
+                self.consumer.resume(tp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = f"partition {partition}: {exc}"
+            log.error("restore_failed", partition=partition, error=str(exc))
+        finally:
+            self._restores.pop(partition, None)
+
+    # --- queries and commands --------------------------------------------------------
+    def partition_of(self, aggregate_id: str) -> int:
+        return partition_for(aggregate_id.encode(), self.settings.partitions)
+
+    def get_local(self, aggregate_id: str) -> A | None:
+        """The aggregate from the local store; NotOwnedError when this node lacks it."""
+        key = aggregate_id.encode()
+        partition = self.partition_of(aggregate_id)
+        store = self.stores.get(partition)
+        if store is None or partition not in self.processor.ready:
+            raise NotOwnedError(f"partition {partition} is not active on this node")
+        raw = store.get(key)
+        if raw is None:
+            return None
+        offset, aggregate = self.applier.aggregates.decode(raw)
+        return None if offset == NO_OFFSET else aggregate
+
+    async def submit(self, aggregate_id: str, event: Event) -> tuple[int, int]:
+        """Produce ``event`` for ``aggregate_id``; returns (partition, offset) once acked."""
+        value, headers = self.applier.events.encode(event)
+        key = aggregate_id.encode()
+        partition = partition_for(key, self.settings.partitions)
+        with tracer.start_as_current_span(
+            f"send {self.topics.events}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.destination.partition.id": str(partition)},
+        ):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            headers.extend((k, v.encode()) for k, v in carrier.items())
+            metadata = await self.producer.send_and_wait(
+                self.topics.events, value, key=key, partition=partition, headers=headers
+            )
+        return metadata.partition, metadata.offset
+
+    def status(self) -> dict[str, Any]:
+        restoring = self.reader.progress()
+        ready = (
+            self._joined
+            and not self._restores
+            and self.failure is None
+            and self.assigned <= self.processor.ready
+        )
+        return {
+            "ready": ready,
+            "node": self.settings.node_id,
+            "zone": self.settings.zone,
+            "active": sorted(self.processor.ready),
+            "assigned": sorted(self.assigned),
+            "restoring": restoring,
+            "processed": self.processor.processed,
+            "dead_letters": self.processor.dead_letters,
+            "failure": self.failure,
+        }

@@ -1,0 +1,81 @@
+"""Engine settings, read from the environment so that one image runs every node."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting has a value the engine cannot use; the message names it and what is allowed."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum of {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    service: str
+    store: str
+    bootstrap_servers: str = "127.0.0.1:9092"
+    partitions: int = 12
+    replication_factor: int = 1
+    standby_replicas: int = 1
+    data_dir: Path = Path("data")
+    node_id: str = field(default_factory=socket.gethostname)
+    zone: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    advertised_url: str = ""
+    max_batch_records: int = 20_000
+    max_body_bytes: int = 64 * 1024
+    changelog_retention_ms: int = -1
+    tracing: str = "none"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(
+        cls,
+        service: str,
+        store: str,
+        partitions: int,
+        standby_replicas: int,
+        env: dict[str, str] | None = None,
+    ) -> EngineSettings:
+        e = dict(os.environ if env is None else env)
+        tracing = e.get("OTEL_EXPORTER", "none").lower()
+        if tracing not in ("none", "console", "otlp"):
+            raise SettingsError(f"OTEL_EXPORTER={tracing!r}: use none, console or otlp")
+        host = e.get("HTTP_HOST", "127.0.0.1")
+        port = _int(e, "HTTP_PORT", 8000, 0)
+        return cls(
+            service=e.get("SERVICE_NAME", service),
+            store=store,
+            bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            partitions=_int(e, "PARTITIONS", partitions, 1),
+            replication_factor=_int(e, "REPLICATION_FACTOR", 1, 1),
+            standby_replicas=_int(e, "STANDBY_REPLICAS", standby_replicas, 0),
+            data_dir=Path(e.get("DATA_DIR", "data")),
+            node_id=e.get("NODE_ID", socket.gethostname()),
+            zone=e.get("ZONE", e.get("KAFKA_CLIENT_RACK", "")),
+            http_host=host,
+            http_port=port,
+            advertised_url=e.get("ADVERTISED_URL", f"http://{host}:{port}"),
+            max_batch_records=_int(e, "MAX_BATCH_RECORDS", 20_000, 1),
+            max_body_bytes=_int(e, "MAX_BODY_BYTES", 64 * 1024, 256),
+            changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", -1, -1),
+            tracing=tracing,
+            log_level=e.get("LOG_LEVEL", "info").lower(),
+        )

@@ -1,0 +1,3 @@
+"""{{ cookiecutter.project_name }}: an event-sourced service on the Customer Backbone engine."""
+
+__version__ = "0.1.0"
