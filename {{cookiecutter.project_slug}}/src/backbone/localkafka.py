@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -21,14 +22,13 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TypedDict
+from subprocess import DEVNULL, PIPE, STDOUT, Popen, run
+from typing import IO, Self, TypedDict
 
 from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
@@ -48,6 +48,27 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
       <version>{log4j}</version></dependency>
   </dependencies>
 </project>
+"""
+
+_SERVER = """process.roles=broker,controller
+node.id={id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={dir}/data
+offsets.topic.replication.factor={n}
+transaction.state.log.replication.factor={n}
+transaction.state.log.min.isr={min_isr}
+default.replication.factor={n}
+min.insync.replicas=1
+num.partitions=1
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+log.retention.check.interval.ms=5000
+log.segment.delete.delay.ms=1000
 """
 
 _LOG4J = """rootLogger.level=WARN
@@ -83,14 +104,7 @@ def _say(msg: str) -> None:
 
 
 def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _tail_file(path: Path, lines: int = 30) -> str:
-    try:
-        return f"--- tail of {path} ---\n{_tail(path.read_text(errors='replace'), lines)}"
-    except OSError:
-        return f"--- {path}: not written ---"
+    return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[-lines:])
 
 
 def _version(version: str | None) -> str:
@@ -101,7 +115,7 @@ def check_java() -> None:
     java = shutil.which("java")
     if java is None:
         raise LocalKafkaError("`java` is not on PATH: Kafka needs Java 17 or newer")
-    out = subprocess.run([java, "-version"], check=False, capture_output=True, text=True).stderr
+    out = run([java, "-version"], check=False, capture_output=True, text=True).stderr
     m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(m[1]) if m else 0
     if m and major == 1 and m[2]:  # Java 8 and older report "1.8"
@@ -134,7 +148,7 @@ def ensure_jars(version: str | None = None) -> Path:
         _say(f"fetching Kafka {version} jars with Maven into {lib}")
         cmd = [mvn, "-q", "-B", "-f", str(cache / "pom.xml"), "dependency:copy-dependencies"]
         cmd.append(f"-DoutputDirectory={lib}")
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        r = run(cmd, check=False, capture_output=True, text=True)
         if r.returncode != 0:
             raise LocalKafkaError(
                 f"Maven failed (exit {r.returncode}) to fetch org.apache.kafka:kafka_2.13:{version}"
@@ -197,11 +211,14 @@ class LocalKafka:
         self.workdir = Path(workdir).resolve()
         self.nodes = nodes
         self.version = _version(version)
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._procs: dict[int, Popen[bytes]] = {}
         self._state: _State | None = None
 
     def _node_dir(self, i: int) -> Path:
         return self.workdir / f"node-{i}"
+
+    def _props(self, i: int) -> str:
+        return str(self._node_dir(i) / "server.properties")
 
     def _load(self) -> _State | None:
         if self._state is None and (self.workdir / "cluster.json").is_file():
@@ -218,13 +235,13 @@ class LocalKafka:
     def _alive(self, node: _Node) -> bool:
         """True while the pid is still this node's JVM: a recycled pid is never signalled."""
         proc = self._procs.get(node["id"])
-        if proc is not None:
-            proc.poll()  # reaps our own child, whose zombie would otherwise look alive
+        if proc is not None:  # our child: its pid cannot be reused before we reap it here
+            return proc.poll() is None
         try:
             argv = Path(f"/proc/{node['pid']}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        props = str(self._node_dir(node["id"]) / "server.properties").encode()
+        props = self._props(node["id"]).encode()
         return os.path.basename(argv[0]) == b"java" and props in argv
 
     def _signal_and_wait(self, nodes: list[_Node], sig: int, timeout: float) -> list[_Node]:
@@ -236,97 +253,69 @@ class LocalKafka:
             time.sleep(0.1)
         return left
 
+    def _java(self, i: int, *args: str, out: int | IO[bytes], session: bool) -> Popen[bytes]:
+        heap = shlex.split(os.environ.get("BACKBONE_KAFKA_HEAP", "-Xmx512m -Xms256m"))
+        log4j = f"-Dlog4j2.configurationFile={self._node_dir(i)}/log4j2.properties"
+        cmd = ["java", *heap, "-cp", f"{ensure_jars(self.version)}/*", log4j, *args]
+        return Popen(cmd, stdout=out, stderr=STDOUT, stdin=DEVNULL, start_new_session=session)
+
     def start(self, timeout: float = 90.0) -> str:
         t0 = time.monotonic()
         old = self._load()
         if old is not None and any(self._alive(n) for n in old["nodes"]):
             raise LocalKafkaError(f"a cluster is already running in {self.workdir}; stop it first")
         check_java()
-        lib = ensure_jars(self.version)
-        n = self.nodes
-        ports = _free_ports(2 * n)
-        cluster_id = _cluster_id()
-        voters = ",".join(f"{i}@127.0.0.1:{ports[2 * i + 1]}" for i in range(n))
-        heap = shlex.split(os.environ.get("BACKBONE_KAFKA_HEAP", "-Xmx512m -Xms256m"))
-        java = ["java", *heap, "-Djava.awt.headless=true", "-cp", f"{lib}/*"]
-        settings = {
-            "process.roles": "broker,controller",
-            "controller.quorum.voters": voters,
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "offsets.topic.replication.factor": n,
-            "transaction.state.log.replication.factor": n,
-            "transaction.state.log.min.isr": 1 if n == 1 else 2,
-            "min.insync.replicas": 1,
-            "default.replication.factor": n,
-            "num.partitions": 1,
-            "group.initial.rebalance.delay.ms": 0,
-            "auto.create.topics.enable": "false",
-            "log.retention.check.interval.ms": 5000,
-            "log.segment.delete.delay.ms": 1000,
-        }
-        cmds: list[list[str]] = []
-        for i in range(n):
-            d = self._node_dir(i)
-            shutil.rmtree(d, ignore_errors=True)  # a start is always a fresh cluster
+        ensure_jars(self.version)
+        n, ports, cluster_id = self.nodes, _free_ports(2 * self.nodes), _cluster_id()
+        nodes = [
+            _Node(id=i, port=ports[2 * i], controller_port=ports[2 * i + 1], pid=0)
+            for i in range(n)
+        ]
+        voters = ",".join(f"{m['id']}@127.0.0.1:{m['controller_port']}" for m in nodes)
+        for m in nodes:
+            d = self._node_dir(m["id"])
+            shutil.rmtree(d, ignore_errors=True)  # every start is a fresh cluster
             (d / "data").mkdir(parents=True)
-            port, cport = ports[2 * i], ports[2 * i + 1]
-            props = settings | {
-                "node.id": i,
-                "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-                "log.dirs": d / "data",
-            }
-            (d / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
             (d / "log4j2.properties").write_text(_LOG4J.format(file=d / "broker.log"))
-            cmds.append([*java, f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}"])
+            (d / "server.properties").write_text(
+                _SERVER.format(n=n, min_isr=1 if n == 1 else 2, voters=voters, dir=d, **m)
+            )
+        # Short-lived JVMs: C1 only and the serial GC start ~30% faster (2-CPU laptops, CI).
+        fast = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "kafka.tools.StorageTool")
         fmt = [
-            subprocess.Popen(
-                # Short-lived JVMs: C1 only and serial GC start ~30% faster (2-CPU laptops, CI).
-                [*cmds[i], "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "kafka.tools.StorageTool"]
-                + ["format", "-t", cluster_id]
-                + ["-c", str(self._node_dir(i) / "server.properties")],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+            self._java(
+                i, *fast, "format", "-t", cluster_id, "-c", self._props(i), out=PIPE, session=False
             )
             for i in range(n)
         ]
-        for i, p in enumerate(fmt):
-            out = p.communicate()[0].decode(errors="replace")
+        outs = [p.communicate()[0].decode(errors="replace") for p in fmt]
+        for i, (p, out) in enumerate(zip(fmt, outs, strict=True)):
             if p.returncode != 0:
-                raise LocalKafkaError(f"formatting node {i} failed:\n{_tail(out)}")
-        for i in range(n):
-            with open(self._node_dir(i) / "stdout.log", "wb") as log:
-                self._procs[i] = subprocess.Popen(
-                    [*cmds[i], "kafka.Kafka", str(self._node_dir(i) / "server.properties")],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # the brokers outlive `localkafka start`
+                raise LocalKafkaError(f"formatting node {i}'s storage failed:\n{_tail(out)}")
+        for m in nodes:
+            with open(self._node_dir(m["id"]) / "stdout.log", "wb") as log:
+                # A session of their own: the brokers outlive `localkafka start` and its Ctrl-C.
+                proc = self._java(
+                    m["id"], "kafka.Kafka", self._props(m["id"]), out=log, session=True
                 )
-        bootstrap = ",".join(f"127.0.0.1:{ports[2 * i]}" for i in range(n))
-        nodes = [
-            _Node(id=i, port=ports[2 * i], controller_port=ports[2 * i + 1], pid=p.pid)
-            for i, p in self._procs.items()
-        ]
-        self._state = _State(bootstrap=bootstrap, cluster_id=cluster_id, version=self.version,
-                             nodes=nodes)  # fmt: skip
+            self._procs[m["id"]], m["pid"] = proc, proc.pid
+        bootstrap = ",".join(f"127.0.0.1:{m['port']}" for m in nodes)
+        self._state = _State(
+            bootstrap=bootstrap, cluster_id=cluster_id, version=self.version, nodes=nodes
+        )
         # Written before the wait, so `stop` finds the JVMs even if this process dies meanwhile.
         (self.workdir / "cluster.json").write_text(json.dumps(self._state, indent=2) + "\n")
         _say(f"started {n} JVM(s), waiting for all brokers at {bootstrap}")
         try:
-            self._wait_ready(t0 + timeout, timeout)
+            self._wait_ready(nodes, bootstrap, timeout)
         except BaseException:
             self.stop()
             raise
         _say(f"{n} node(s) ready in {time.monotonic() - t0:.1f}s")
         return bootstrap
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
-        assert self._state is not None
-        nodes, seen = self._state["nodes"], set[int]()
+    def _wait_ready(self, nodes: list[_Node], bootstrap: str, timeout: float) -> None:
+        deadline, seen = time.monotonic() + timeout, set[int]()
         while True:
             for node in nodes:
                 proc = self._procs[node["id"]]
@@ -336,7 +325,7 @@ class LocalKafka:
                         + self._logs(node["id"])
                     )
             if all(_listening(node["port"]) for node in nodes):
-                seen = _brokers_seen(self._state["bootstrap"])
+                seen = _brokers_seen(bootstrap)
                 if len(seen) == len(nodes):
                     return
             if time.monotonic() > deadline:
@@ -348,8 +337,10 @@ class LocalKafka:
             time.sleep(0.2)  # poll interval
 
     def _logs(self, i: int) -> str:
-        d = self._node_dir(i)
-        return f"{_tail_file(d / 'stdout.log')}\n{_tail_file(d / 'broker.log')}"
+        paths = [self._node_dir(i) / name for name in ("stdout.log", "broker.log")]
+        return "\n".join(
+            f"--- {p} ---\n{_tail(p.read_text(errors='replace'))}" for p in paths if p.exists()
+        )
 
     def kill_node(self, i: int) -> None:
         """SIGKILL node i (0-based; equals its Kafka node.id) and wait until it is gone."""
@@ -360,46 +351,52 @@ class LocalKafka:
             raise LocalKafkaError(f"node {i} (pid {state['nodes'][i]['pid']}) survived SIGKILL")
 
     def stop(self, wipe: bool = False) -> None:
-        """SIGTERM every node, SIGKILL those still alive after STOP_GRACE_S; wipe=True rm -r's."""
+        """SIGTERM every node, SIGKILL those alive STOP_GRACE_S later; wipe deletes their files."""
         state = self._load()
-        if state is not None:
-            left = self._signal_and_wait(state["nodes"], signal.SIGTERM, STOP_GRACE_S)
-            if left:
-                _say(f"nodes {[n['id'] for n in left]} outlived SIGTERM by {STOP_GRACE_S}s")
-                if self._signal_and_wait(left, signal.SIGKILL, 10.0):
-                    raise LocalKafkaError(f"could not stop {[n['pid'] for n in left]}")
+        if state is None:
+            _say(f"no cluster.json in {self.workdir}: nothing to stop")
+            return
+        left = self._signal_and_wait(state["nodes"], signal.SIGTERM, STOP_GRACE_S)
+        if left:
+            _say(f"nodes {[n['id'] for n in left]} outlived SIGTERM by {STOP_GRACE_S}s: SIGKILL")
+            if self._signal_and_wait(left, signal.SIGKILL, 10.0):
+                raise LocalKafkaError(f"could not stop pids {[n['pid'] for n in left]}")
         self._procs.clear()
-        if wipe:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if wipe:  # only what start() wrote, in case --dir points at a directory of value
+            for node in state["nodes"]:
+                shutil.rmtree(self._node_dir(node["id"]), ignore_errors=True)
+            (self.workdir / "cluster.json").unlink()
+            with contextlib.suppress(OSError):
+                self.workdir.rmdir()
             self._state = None
 
     def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backbone.localkafka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        "python -m backbone.localkafka", description=__doc__, formatter_class=raw
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start brokers, print the bootstrap address, exit")
     start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     start.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
     stop = sub.add_parser("stop", help="stop the brokers started in --dir")
-    stop.add_argument("--wipe", action="store_true", help="also delete --dir")
+    stop.add_argument("--wipe", action="store_true", help="also delete the nodes' data and logs")
     for p in (start, stop):
         p.add_argument("--dir", type=Path, default=Path(".kafka"), help="work dir (.kafka)")
     sub.add_parser("jars", help="only fetch Kafka's jars into the cache")
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "start":
+        if args.command == "start":
             print(LocalKafka(args.dir, args.nodes).start(args.timeout))
-        elif args.cmd == "stop":
+        elif args.command == "stop":
             LocalKafka(args.dir).stop(wipe=args.wipe)
         else:
             print(ensure_jars())

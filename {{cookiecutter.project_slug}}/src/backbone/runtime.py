@@ -50,9 +50,22 @@ class Engine(Generic[A]):
         self.topics = Topics(settings.service, settings.store)
         self.applier: BatchApplier[A] = BatchApplier(domain)
         self.stores = StoreRegistry(settings.data_dir, settings.store)
-        client_id = f"{settings.service}-{settings.node_id}"
+        self.assigned: set[int] = set()
+        self._restores: dict[int, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._joined = False
+        self.started_at = time.time()
+        self.failure: str | None = None
+        self.producer: AIOKafkaProducer
+        self.consumer: AIOKafkaConsumer
+        self.reader: ChangelogReader
+        self.processor: Processor
+
+    def _create_clients(self) -> None:
+        # aiokafka clients must be created inside the running event loop.
+        client_id = f"{self.settings.service}-{self.settings.node_id}"
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            bootstrap_servers=self.settings.bootstrap_servers,
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -61,9 +74,12 @@ class Engine(Generic[A]):
             max_request_size=8 * 1024 * 1024,
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            bootstrap_servers=self.settings.bootstrap_servers,
             client_id=client_id,
             group_id=self.topics.group,
+            # Static membership: a restarted node takes its partitions back without a
+            # rebalance of the whole group.
+            group_instance_id=f"{self.settings.service}-{self.settings.node_id}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
@@ -72,23 +88,20 @@ class Engine(Generic[A]):
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
-        self.reader = ChangelogReader(settings.bootstrap_servers, self.topics.changelog, client_id)
+        self.reader = ChangelogReader(
+            self.settings.bootstrap_servers, self.topics.changelog, client_id
+        )
         self.processor = Processor(
             self.consumer,
             self.producer,
             self.stores,
             self.applier,
             self.topics,
-            settings.max_batch_records,
+            self.settings.max_batch_records,
         )
-        self.assigned: set[int] = set()
-        self._restores: dict[int, asyncio.Task[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._joined = False
-        self.started_at = time.time()
-        self.failure: str | None = None
 
     async def start(self) -> None:
+        self._create_clients()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
         await admin.start()
         try:
@@ -131,6 +144,8 @@ class Engine(Generic[A]):
             raise
 
     async def stop(self) -> None:
+        if not hasattr(self, "processor"):
+            return
         for task in [*self._tasks, *self._restores.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
@@ -219,6 +234,8 @@ class Engine(Generic[A]):
         return metadata.partition, metadata.offset
 
     def status(self) -> dict[str, Any]:
+        if not hasattr(self, "processor"):
+            return {"ready": False, "node": self.settings.node_id, "starting": True}
         restoring = self.reader.progress()
         ready = (
             self._joined

@@ -1,0 +1,114 @@
+"""Service nodes as child processes, for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NodeProcess:
+    """One ``<package> run`` process with its own data dir, port and log file."""
+
+    def __init__(
+        self,
+        package: str,
+        name: str,
+        workdir: Path,
+        env: Mapping[str, str],
+        port: int | None = None,
+    ) -> None:
+        self.package = package
+        self.name = name
+        self.port = port or free_port()
+        self.data_dir = workdir / name / "data"
+        self.log_path = workdir / name / "node.log"
+        self.env = {
+            **os.environ,
+            "NODE_ID": name,
+            "HTTP_PORT": str(self.port),
+            "DATA_DIR": str(self.data_dir),
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> NodeProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.package, "run"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict[str, object] | None:
+        try:
+            response = httpx.get(f"{self.url}/health/ready", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        body: dict[str, object] = response.json()
+        return body
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"node {self.name} exited:\n{self.log_tail()}")
+            status = self.status()
+            if status is not None and status.get("ready"):
+                return status
+            time.sleep(0.1)
+        raise TimeoutError(f"node {self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,193 @@
+"""The service against a real Kafka: HTTP in, aggregate out, crashes, wiped disks, DLQ."""
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from backbone.devcluster import NodeProcess
+
+from tests.conftest import NodeFactory
+
+pytestmark = pytest.mark.kafka
+
+PLURAL = "{{ cookiecutter.aggregate_plural }}"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def post(node: NodeProcess, aggregate_id: str, event: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{node.url}/{PLURAL}/{aggregate_id}/events", json=event, timeout=10)
+
+
+def get_state(node: NodeProcess, aggregate_id: str) -> dict[str, Any] | None:
+    response = httpx.get(f"{node.url}/{PLURAL}/{aggregate_id}", timeout=10)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def register(node: NodeProcess, aggregate_id: str) -> None:
+    event = {"type": "customer_registered", "name": "Ada", "email": "ada@example.com"}
+    assert post(node, aggregate_id, event).status_code == 202
+
+
+def order(node: NodeProcess, aggregate_id: str, cents: int, n: int) -> None:
+    event = {"type": "order_placed", "order_id": f"o-{n}", "amount_cents": cents}
+    response = post(node, aggregate_id, event)
+    assert response.status_code == 202, response.text
+
+
+def state_with(node: NodeProcess, aggregate_id: str, **expected: Any) -> Callable[[], Any]:
+    def check() -> Any:
+        state = get_state(node, aggregate_id)
+        if state is not None and all(state.get(k) == v for k, v in expected.items()):
+            return state
+        return None
+
+    return check
+
+
+def test_posted_events_fold_into_the_aggregate(node_factory: NodeFactory) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    register(node, "c-1")
+    accepted = post(
+        node, "c-1", {"type": "order_placed", "order_id": "o-1", "amount_cents": 60_000}
+    )
+    assert accepted.status_code == 202
+    body = accepted.json()
+    assert body["type"] == "order_placed" and body["offset"] >= 0 and body["partition"] >= 0
+    state = wait_for(state_with(node, "c-1", order_count=1), what="the order to be applied")
+    assert state["lifetime_value_cents"] == 60_000
+    assert state["tier"] == "silver"
+    assert get_state(node, "nobody") is None
+
+
+def test_bad_requests_get_a_4xx_that_names_the_problem(node_factory: NodeFactory) -> None:
+    node = node_factory(MAX_BODY_BYTES="1024").start()
+    node.wait_ready()
+    bad_field = post(node, "c-1", {"type": "order_placed", "order_id": "o", "amount_cents": "ten"})
+    assert bad_field.status_code == 400
+    assert "$.amount_cents" in bad_field.json()["detail"]
+    missing = post(node, "c-1", {"type": "customer_registered", "name": "Ada"})
+    assert missing.status_code == 400 and "email" in missing.json()["detail"]
+    unknown = post(node, "c-1", {"type": "teleported"})
+    assert unknown.status_code == 400 and "known event types" in unknown.json()["detail"]
+    emitted_only = post(node, "c-1", {"type": "tier_changed", "previous": "a", "tier": "b"})
+    assert emitted_only.status_code == 422
+    not_json = httpx.post(f"{node.url}/{PLURAL}/c-1/events", content=b"{nope", timeout=10)
+    assert not_json.status_code == 400 and "malformed JSON" in not_json.json()["detail"]
+    huge = {"type": "customer_registered", "name": "A" * 5000, "email": "a@b.cd"}
+    assert post(node, "c-1", huge).status_code == 413
+
+
+def test_sigkill_and_restart_loses_nothing_and_applies_nothing_twice(
+    node_factory: NodeFactory,
+) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    ids = [f"c-{i}" for i in range(8)]
+    expected = dict.fromkeys(ids, 0)
+    for aggregate_id in ids:
+        register(node, aggregate_id)
+    for n in range(40):
+        aggregate_id = ids[n % len(ids)]
+        order(node, aggregate_id, n + 1, n)
+        expected[aggregate_id] += n + 1
+    node.kill()
+    restarted = node_factory().start()  # same name: same data dir and static member id
+    restarted.wait_ready()
+    for n in range(40, 60):
+        aggregate_id = ids[n % len(ids)]
+        order(restarted, aggregate_id, n + 1, n)
+        expected[aggregate_id] += n + 1
+    for aggregate_id, total in expected.items():
+        wait_for(
+            state_with(restarted, aggregate_id, lifetime_value_cents=total),
+            what=f"{aggregate_id} to reach {total}",
+        )
+
+
+def test_a_wiped_disk_is_rebuilt_from_the_changelog(node_factory: NodeFactory) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    for i in range(5):
+        register(node, f"c-{i}")
+        order(node, f"c-{i}", 100 * (i + 1), i)
+    before = {
+        f"c-{i}": wait_for(state_with(node, f"c-{i}", order_count=1), what=f"c-{i} applied")
+        for i in range(5)
+    }
+    node.kill()
+    shutil.rmtree(node.data_dir)
+    restarted = node_factory().start()
+    restarted.wait_ready()
+    after = {f"c-{i}": get_state(restarted, f"c-{i}") for i in range(5)}
+    assert after == before
+
+
+def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
+    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    register(node, "c-1")
+    wait_for(state_with(node, "c-1", version=1), what="registration")
+
+    async def produce_bad_then_good() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            topic = f"{service_name}.events"
+            await producer.send_and_wait(topic, b"\x00\x01 garbage", key=b"c-1")
+            await producer.send_and_wait(topic, b'{"type": "teleported"}', key=b"c-1")
+            good = {"type": "loyalty_points_earned", "points": 5}
+            await producer.send_and_wait(topic, json.dumps(good).encode(), key=b"c-1")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce_bad_then_good())
+    wait_for(state_with(node, "c-1", loyalty_points=5), what="the good event after bad ones")
+
+    async def read_dlq() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            f"{service_name}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            deadline = time.monotonic() + 30
+            while len(records) < 2 and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for part in batch.values():
+                    records.extend(part)
+        finally:
+            await consumer.stop()
+        return records
+
+    letters = asyncio.run(read_dlq())
+    assert [r.value for r in letters] == [b"\x00\x01 garbage", b'{"type": "teleported"}']
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert headers["dlq-reason"] == "invalid_event"
+        assert headers["dlq-source-topic"] == f"{service_name}.events"
+        assert int(headers["dlq-source-offset"]) >= 1
+        assert headers["dlq-error"]
