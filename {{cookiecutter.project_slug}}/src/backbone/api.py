@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
@@ -16,6 +17,7 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.readmodel import QueryError, ReadModel
 from backbone.runtime import Engine, NotOwnedError
 
 MAX_ID_LENGTH = 256
@@ -80,3 +82,30 @@ def health_routes(engine: Engine[Any]) -> Router:
         return Response(status, status_code=code)
 
     return Router(path="/health", route_handlers=[live, ready])
+
+
+def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
+    """``GET /<plural>?column=value&limit=&offset=``: list and filter from the SQL read model."""
+
+    @get("/")
+    async def list_aggregates(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        params = dict(request.query_params)
+        try:
+            limit = int(params.pop("limit", "50"))
+            offset = int(params.pop("offset", "0"))
+        except ValueError:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST, detail="limit and offset must be integers"
+            ) from None
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST,
+                detail="limit must be between 1 and 1000 and offset at least 0",
+            )
+        try:
+            items = await asyncio.to_thread(model.query, params, limit, offset)
+        except QueryError as exc:
+            raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        return {"items": items, "limit": limit, "offset": offset}
+
+    return Router(path=f"/{plural}", route_handlers=[list_aggregates])

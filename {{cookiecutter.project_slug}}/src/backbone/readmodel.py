@@ -1,0 +1,169 @@
+"""SQL read model: aggregates projected from the changelog into a SQLAlchemy table.
+
+The changelog carries whole aggregate states, so a projection is an idempotent upsert.
+Each partition's changelog offset is stored in the same SQL transaction as its rows, so a
+crash never loses or re-applies a batch, and several projectors may share one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy.dialects import postgresql, sqlite
+
+from backbone.codec import AggregateCodec
+
+A = TypeVar("A", bound=msgspec.Struct)
+log = structlog.get_logger(__name__)
+
+
+class QueryError(ValueError):
+    """A list query names an unknown column or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Projection(Generic[A]):
+    table: sa.Table
+    to_row: Callable[[str, A], dict[str, Any]]
+
+
+def _offsets_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "projection_offsets",
+        metadata,
+        sa.Column("topic", sa.String(255), primary_key=True),
+        sa.Column("partition", sa.Integer, primary_key=True),
+        sa.Column("next_offset", sa.BigInteger, nullable=False),
+        extend_existing=True,
+    )
+
+
+class ReadModel(Generic[A]):
+    def __init__(self, url: str, projection: Projection[A], aggregate: type[A]) -> None:
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.projection = projection
+        self.table = projection.table
+        self.offsets = _offsets_table(projection.table.metadata)
+        self.codec: AggregateCodec[A] = AggregateCodec(aggregate)
+        projection.table.metadata.create_all(self.engine)
+        self._key = next(iter(self.table.primary_key.columns)).name
+
+    def next_offsets(self, topic: str) -> dict[int, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(self.offsets.c.partition, self.offsets.c.next_offset).where(
+                    self.offsets.c.topic == topic
+                )
+            )
+            return {int(p): int(o) for p, o in rows}
+
+    def _upsert(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> Any:
+        dialect = self.engine.dialect.name
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        stmt = module.insert(table).values(rows)
+        updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+
+    def apply(
+        self, topic: str, partition: int, records: list[tuple[bytes, bytes | None, int]]
+    ) -> int:
+        """Upsert one partition's changelog records; returns how many rows were written."""
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(self.offsets.c.next_offset)
+                .where(self.offsets.c.topic == topic, self.offsets.c.partition == partition)
+                .with_for_update()
+            ).scalar()
+            fresh = [r for r in records if r[2] >= (current or 0)]
+            if not fresh:
+                return 0
+            latest: dict[bytes, bytes | None] = {}
+            for key, value, _ in fresh:
+                latest[key] = value
+            rows = []
+            deleted = []
+            for key, value in latest.items():
+                if value is None:
+                    deleted.append(key.decode())
+                else:
+                    rows.append(self.projection.to_row(key.decode(), self.codec.decode(value)[1]))
+            if rows:
+                conn.execute(self._upsert(self.table, rows, [self._key]))
+            if deleted:
+                conn.execute(sa.delete(self.table).where(self.table.c[self._key].in_(deleted)))
+            offset_row = {"topic": topic, "partition": partition, "next_offset": fresh[-1][2] + 1}
+            conn.execute(self._upsert(self.offsets, [offset_row], ["topic", "partition"]))
+            return len(rows) + len(deleted)
+
+    def query(self, filters: Mapping[str, str], limit: int, offset: int) -> list[dict[str, Any]]:
+        stmt = sa.select(self.table)
+        for name, raw in filters.items():
+            if name not in self.table.c:
+                allowed = ", ".join(sorted(c.name for c in self.table.columns))
+                raise QueryError(f"unknown filter {name!r}; filter by one of: {allowed}")
+            column = self.table.c[name]
+            try:
+                value = column.type.python_type(raw)
+            except (ValueError, TypeError):
+                raise QueryError(f"{name}={raw!r} is not a valid {column.type}") from None
+            stmt = stmt.where(column == value)
+        stmt = stmt.order_by(self.table.c[self._key]).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class Projector(Generic[A]):
+    """Tails every partition of the changelog into the read model."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, model: ReadModel[A]) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.model = model
+        self.bootstrap = bootstrap
+        self.rows = 0
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self._consumer.start()
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        self._consumer.assign(tps)
+        stored = await asyncio.to_thread(self.model.next_offsets, self.topic)
+        for tp in tps:
+            if tp.partition in stored:
+                self._consumer.seek(tp, stored[tp.partition])
+        self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
+            for tp, records in batches.items():
+                rows = [(r.key, r.value, r.offset) for r in records if r.key is not None]
+                if rows:
+                    self.rows += await asyncio.to_thread(
+                        self.model.apply, self.topic, tp.partition, rows
+                    )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self.model.close()
