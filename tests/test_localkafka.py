@@ -65,8 +65,8 @@ def java_alive(pid: int) -> bool:
 
 def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -> None:
     kafka = LocalKafka(tmp_path / "kafka", nodes=3)
+    bootstrap = kafka.start(timeout=90)  # stops what it started if it fails
     try:
-        bootstrap = kafka.start(timeout=90)
         assert len(bootstrap.split(",")) == 3
         state = json.loads((tmp_path / "kafka" / "cluster.json").read_text())
         pids = [node["pid"] for node in state["nodes"]]
