@@ -1,0 +1,83 @@
+"""`make demo`: start a local Kafka and 3 nodes of this service, post events, read back."""
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backbone.devcluster import NodeProcess
+from backbone.localkafka import LocalKafka
+from {{ cookiecutter.package_name }}.settings import PARTITIONS, PLURAL
+
+WORK = Path(".demo").resolve()
+ZONES = "{{ cookiecutter.zones }}".split(",")
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def active_total(nodes: list[NodeProcess]) -> int:
+    total = 0
+    for node in nodes:
+        active = (node.status() or {}).get("active")
+        total += len(active) if isinstance(active, list) else 0
+    return total
+
+
+def main() -> int:
+    shutil.rmtree(WORK, ignore_errors=True)
+    with LocalKafka(WORK / "kafka", nodes=1) as kafka:
+        print(f"==> Kafka at {kafka.bootstrap}")
+        nodes = [
+            NodeProcess(
+                "{{ cookiecutter.package_name }}",
+                f"node-{i}",
+                WORK,
+                {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "ZONE": zone},
+            )
+            for i, zone in enumerate(ZONES)
+        ]
+        try:
+            for node in nodes:
+                node.start()
+            for node in nodes:
+                node.wait_ready(timeout=90)
+                print(f"==> {node.name} ready at {node.url}")
+            wait_until(lambda: active_total(nodes) == PARTITIONS, 60, "every partition")
+            url = f"{nodes[0].url}/{PLURAL}/demo-1"
+            for event in [
+                {"type": "customer_registered", "name": "Ada", "email": "ada@example.com"},
+                {"type": "order_placed", "order_id": "o-1", "amount_cents": 60_000},
+                {"type": "loyalty_points_earned", "points": 50},
+            ]:
+                response = httpx.post(f"{url}/events", json=event)
+                print(f"==> POST {event['type']}: {response.status_code} {response.json()}")
+
+            def read() -> Any:
+                for node in nodes:
+                    response = httpx.get(f"{node.url}/{PLURAL}/demo-1")
+                    if response.status_code == 200 and response.json()["version"] == 3:
+                        return response.json()
+                return None
+
+            print(json.dumps(wait_until(read, 30, "the aggregate"), indent=2))
+        finally:
+            for node in nodes:
+                node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
