@@ -72,8 +72,7 @@ def main() -> int:
                 status = node.wait_ready(timeout=90)
                 print(f"    {node.name} {node.url} zone={status['zone']} active={status['active']}")
             wait_until(
-                lambda: sum(len((n.status() or {}).get("active", [])) for n in nodes)
-                == PARTITIONS,
+                lambda: sum(len((n.status() or {}).get("active", [])) for n in nodes) == PARTITIONS,
                 60,
                 "all partitions to be active",
             )

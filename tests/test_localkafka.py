@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from backbone.localkafka import LocalKafka
 
 TOPIC = "replicated"

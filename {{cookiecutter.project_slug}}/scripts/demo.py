@@ -12,10 +12,11 @@ import httpx
 
 from backbone.devcluster import NodeProcess
 from backbone.localkafka import LocalKafka
+
 from {{ cookiecutter.package_name }}.settings import PARTITIONS, PLURAL
 
 WORK = Path(".demo").resolve()
-ZONES = "{{ cookiecutter.zones }}".split(",")
+ZONES = [{% for zone in cookiecutter.zones.split(",") %}"{{ zone }}"{% if not loop.last %}, {% endif %}{% endfor %}]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:

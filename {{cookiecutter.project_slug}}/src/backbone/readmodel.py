@@ -54,6 +54,8 @@ class ReadModel(Generic[A]):
         self.codec: AggregateCodec[A] = AggregateCodec(aggregate)
         projection.table.metadata.create_all(self.engine)
         self._key = next(iter(self.table.primary_key.columns)).name
+        self._upsert_rows = self._upsert(self.table, [self._key])
+        self._upsert_offset = self._upsert(self.offsets, ["topic", "partition"])
 
     def next_offsets(self, topic: str) -> dict[int, int]:
         with self.engine.connect() as conn:
@@ -64,10 +66,11 @@ class ReadModel(Generic[A]):
             )
             return {int(p): int(o) for p, o in rows}
 
-    def _upsert(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> Any:
+    def _upsert(self, table: sa.Table, keys: list[str]) -> Any:
+        """One statement executed with many parameter sets, so SQLAlchemy compiles it once."""
         dialect = self.engine.dialect.name
         module: Any = postgresql if dialect == "postgresql" else sqlite
-        stmt = module.insert(table).values(rows)
+        stmt = module.insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
 
@@ -95,11 +98,11 @@ class ReadModel(Generic[A]):
                 else:
                     rows.append(self.projection.to_row(key.decode(), self.codec.decode(value)[1]))
             if rows:
-                conn.execute(self._upsert(self.table, rows, [self._key]))
+                conn.execute(self._upsert_rows, rows)
             if deleted:
                 conn.execute(sa.delete(self.table).where(self.table.c[self._key].in_(deleted)))
             offset_row = {"topic": topic, "partition": partition, "next_offset": fresh[-1][2] + 1}
-            conn.execute(self._upsert(self.offsets, [offset_row], ["topic", "partition"]))
+            conn.execute(self._upsert_offset, [offset_row])
             return len(rows) + len(deleted)
 
     def query(self, filters: Mapping[str, str], limit: int, offset: int) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ class EngineSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     advertised_url: str = ""
-    max_batch_records: int = 20_000
+    max_batch_records: int = 100_000
     max_body_bytes: int = 64 * 1024
     changelog_retention_ms: int = -1
     tracing: str = "none"
@@ -73,7 +73,7 @@ class EngineSettings:
             http_host=host,
             http_port=port,
             advertised_url=e.get("ADVERTISED_URL", f"http://{host}:{port}"),
-            max_batch_records=_int(e, "MAX_BATCH_RECORDS", 20_000, 1),
+            max_batch_records=_int(e, "MAX_BATCH_RECORDS", 100_000, 1),
             max_body_bytes=_int(e, "MAX_BODY_BYTES", 64 * 1024, 256),
             changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", -1, -1),
             tracing=tracing,

@@ -35,13 +35,17 @@ def create_app(settings: EngineSettings | None = None) -> Litestar:
     ]
     services: list[Any] = []
 {%- if cookiecutter.include_read_model == "yes" %}
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    default_url = f"sqlite:///{settings.data_dir / 'readmodel.db'}"
-    model = ReadModel(os.environ.get("READ_MODEL_URL", default_url), PROJECTION, DOMAIN.aggregate)
-    services.append(
-        Projector(settings.bootstrap_servers, engine.topics.changelog, settings.partitions, model)
-    )
-    route_handlers.append(read_model_routes(model, service_settings.PLURAL))
+    # READ_MODEL=off leaves projection to other processes (e.g. one writer for PostgreSQL).
+    if os.environ.get("READ_MODEL", "on") != "off":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        default_url = f"sqlite:///{settings.data_dir / 'readmodel.db'}"
+        url = os.environ.get("READ_MODEL_URL", default_url)
+        model = ReadModel(url, PROJECTION, DOMAIN.aggregate)
+        changelog = engine.topics.changelog
+        services.append(
+            Projector(settings.bootstrap_servers, changelog, settings.partitions, model)
+        )
+        route_handlers.append(read_model_routes(model, service_settings.PLURAL))
 {%- endif %}
 
     @asynccontextmanager

@@ -1,0 +1,139 @@
+"""Processing rate of one service process: 12 partitions, 100k keys, 1M events in the topic.
+
+The events are produced before the node starts; the rate is measured from the first to the
+last event applied, with changelog writes and offset commits on. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from _common import bake, machine, peak_rss_mb, wait_until
+
+PARTITIONS = 12
+SERVICE = "bench-throughput"
+
+
+async def produce(bootstrap: str, events: int, keys: int) -> None:
+    from backbone.partitioning import partition_for
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(f"{SERVICE}.events", PARTITIONS, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024
+    )
+    await producer.start()
+    encode = msgspec.json.encode
+    rng = random.Random(7)
+    topic = f"{SERVICE}.events"
+    batches = {p: producer.create_batch() for p in range(PARTITIONS)}
+    pending = []
+
+    async def add(key: bytes, value: bytes) -> None:
+        p = partition_for(key, PARTITIONS)
+        if batches[p].append(key=key, value=value, timestamp=None) is None:
+            pending.append(await producer.send_batch(batches[p], topic, partition=p))
+            batches[p] = producer.create_batch()
+            batches[p].append(key=key, value=value, timestamp=None)
+
+    for i in range(keys):
+        body = {
+            "type": "customer_registered",
+            "name": f"Customer {i}",
+            "email": f"c{i}@example.com",
+        }
+        await add(f"c-{i}".encode(), encode(body))
+    for n in range(events - keys):
+        key = f"c-{rng.randrange(keys)}".encode()
+        if n % 4 == 3:
+            body = {"type": "loyalty_points_earned", "points": 1 + n % 50}
+        else:
+            body = {"type": "order_placed", "order_id": f"o-{n}", "amount_cents": 100 + n % 900}
+        await add(key, encode(body))
+    for p, batch in batches.items():
+        if batch.record_count():
+            pending.append(await producer.send_batch(batch, topic, partition=p))
+    await asyncio.gather(*pending)
+    await producer.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        work = Path(tmp)
+        project = bake(work)
+        from backbone.devcluster import NodeProcess
+        from backbone.localkafka import LocalKafka
+
+        with LocalKafka(work / "kafka", nodes=1) as kafka:
+            started = time.monotonic()
+            asyncio.run(produce(kafka.bootstrap, args.events, args.keys))
+            print(
+                f"produced {args.events} events in {time.monotonic() - started:.1f}s",
+                file=sys.stderr,
+            )
+            node = NodeProcess(
+                "customer_backbone",
+                "bench",
+                work,
+                {
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "SERVICE_NAME": SERVICE,
+                    "PARTITIONS": str(PARTITIONS),
+                    "PYTHONPATH": str(project / "src"),
+                    "LOG_LEVEL": "warning",
+                    "READ_MODEL": "off",
+                    "MAX_BATCH_RECORDS": os.environ.get("MAX_BATCH_RECORDS", "100000"),
+                },
+            )
+            node.start()
+            try:
+
+                def processed() -> int:
+                    try:
+                        body = httpx.get(f"{node.url}/health/ready", timeout=5).json()
+                    except httpx.HTTPError:
+                        return 0
+                    return int(body.get("processed", 0)) + int(body.get("dead_letters", 0))
+
+                wait_until(lambda: processed() > 0, 120, "the first event")
+                first = time.monotonic()
+                wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.02)
+                seconds = time.monotonic() - first
+                assert node.proc is not None
+                rss = peak_rss_mb(node.proc.pid)
+            finally:
+                node.stop()
+    result = {
+        "events": args.events,
+        "keys": args.keys,
+        "partitions": PARTITIONS,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(args.events / seconds),
+        "peak_rss_mb": rss,
+        **machine(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
