@@ -3,6 +3,8 @@
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -191,3 +193,34 @@ def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
         assert headers["dlq-source-topic"] == f"{service_name}.events"
         assert int(headers["dlq-source-offset"]) >= 1
         assert headers["dlq-error"]
+
+
+def test_dlq_replay_resubmits_chosen_records_after_a_fix(
+    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+) -> None:
+    """An order for an unregistered customer is rejected; after registering, replay it."""
+    node = node_factory().start()
+    node.wait_ready()
+    order(node, "late-1", 700, 1)
+    wait_for(lambda: (node.status() or {}).get("dead_letters") == 1, what="the dead letter")
+    register(node, "late-1")
+    wait_for(state_with(node, "late-1", version=1), what="registration")
+    env = {**node.env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SERVICE_NAME": service_name}
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "dlq", "replay"]
+    dry = subprocess.run(
+        [*command, "--reason", "rejected", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay 1 of 1 dead letters" in dry.stdout
+    assert "is not registered" in dry.stdout
+    done = subprocess.run(
+        [*command, "--reason", "rejected"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replayed 1 of 1 dead letters" in done.stdout
+    state = wait_for(state_with(node, "late-1", order_count=1), what="the replayed order")
+    assert state["lifetime_value_cents"] == 700

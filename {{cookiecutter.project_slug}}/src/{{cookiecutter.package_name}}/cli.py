@@ -1,11 +1,16 @@
 """``{{ cookiecutter.project_slug }}`` command line: run a node, and admin commands."""
 
 import argparse
+import asyncio
 import sys
 
 import uvicorn
+from aiokafka import ConsumerRecord
 
+from backbone import dlq
+from backbone.observability import configure_logging
 from backbone.settings import SettingsError
+from backbone.topics import Topics
 
 from {{ cookiecutter.package_name }} import settings as service_settings
 from {{ cookiecutter.package_name }}.app import create_app
@@ -24,6 +29,32 @@ def _run(_: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_replay(args: argparse.Namespace) -> int:
+    settings = service_settings.load()
+    configure_logging(settings.log_level)
+    if args.offset and args.partition is None:
+        print("error: --offset needs --partition (offsets are per partition)", file=sys.stderr)
+        return 2
+    selection = dlq.Selection(
+        partition=args.partition, offsets=frozenset(args.offset or ()), reason=args.reason
+    )
+
+    def show(record: ConsumerRecord[bytes, bytes]) -> None:
+        headers = {k: v.decode(errors="replace") for k, v in record.headers}
+        print(
+            f"{record.partition}/{record.offset} key={(record.key or b'').decode(errors='replace')}"
+            f" reason={headers.get('dlq-reason')} error={headers.get('dlq-error')}"
+        )
+
+    topics = Topics(settings.service, settings.store)
+    report = asyncio.run(
+        dlq.replay(settings.bootstrap_servers, topics, selection, args.dry_run, show)
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(report.replayed)} of {report.scanned} dead letters")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="{{ cookiecutter.project_slug }}",
@@ -32,10 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a service node (settings from the environment)")
     run.set_defaults(func=_run)
+    dlq_parser = commands.add_parser("dlq", help="dead-letter topic commands")
+    dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
+    replay = dlq_commands.add_parser(
+        "replay", help="re-submit dead letters to the events topic after a fix"
+    )
+    replay.add_argument("--partition", type=int, help="only this DLQ partition")
+    replay.add_argument("--offset", type=int, action="append", help="only this offset (repeatable)")
+    replay.add_argument("--reason", help="only this dlq-reason, e.g. rejected, invalid_event")
+    replay.add_argument("--dry-run", action="store_true", help="list, do not re-submit")
+    replay.set_defaults(func=_dlq_replay)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except SettingsError as exc:
+    except (SettingsError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code
