@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cookiecutter.main import cookiecutter
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PROJECT = ROOT / "{{cookiecutter.project_slug}}"
 ENGINE_SRC = TEMPLATE_PROJECT / "src"
+
+Bake = Callable[..., Path]
 
 if str(ENGINE_SRC) not in sys.path:
     sys.path.insert(0, str(ENGINE_SRC))
@@ -35,3 +38,32 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kafka.start()
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user config of our own: ignores ~/.cookiecutterrc and keeps replays out of $HOME."""
+    home = tmp_path_factory.mktemp("cookiecutter-home")
+    config = home / "config.yaml"
+    config.write_text(
+        f'cookiecutters_dir: "{home / "cookiecutters"}"\nreplay_dir: "{home / "replay"}"\n'
+    )
+    return config
+
+
+@pytest.fixture(scope="session")
+def bake(tmp_path_factory: pytest.TempPathFactory, cookiecutter_config: Path) -> Bake:
+    """bake(**answers) -> the generated project's directory, in a fresh output dir."""
+
+    def _bake(**answers: str) -> Path:
+        out = tmp_path_factory.mktemp("baked")
+        project = cookiecutter(
+            str(ROOT),
+            no_input=True,
+            extra_context=answers,
+            output_dir=str(out),
+            config_file=str(cookiecutter_config),
+        )
+        return Path(project)
+
+    return _bake

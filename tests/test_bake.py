@@ -24,6 +24,8 @@ from cookiecutter.generate import generate_context, generate_files
 from cookiecutter.main import cookiecutter
 from cookiecutter.prompt import prompt_for_config
 
+from conftest import Bake
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PROJECT = ROOT / "{{cookiecutter.project_slug}}"
 TEMPLATE_ENGINE = TEMPLATE_PROJECT / "src" / "backbone"
@@ -46,8 +48,6 @@ SUPPORTED_COMBINATIONS: dict[str, dict[str, str]] = {
     "one-zone": {"zones": "zone-a"},
 }
 
-Bake = Callable[..., Path]
-
 
 def _walk(root: Path) -> Iterator[Path]:
     """Every file under root, caches of tools left out."""
@@ -68,35 +68,6 @@ def _run(
 def _template_commit() -> str | None:
     done = _run(["git", "rev-parse", "--verify", "HEAD"], ROOT, timeout=30)
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-@pytest.fixture(scope="session")
-def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user config of our own: ignores ~/.cookiecutterrc and keeps replays out of $HOME."""
-    home = tmp_path_factory.mktemp("cookiecutter-home")
-    config = home / "config.yaml"
-    config.write_text(
-        f'cookiecutters_dir: "{home / "cookiecutters"}"\nreplay_dir: "{home / "replay"}"\n'
-    )
-    return config
-
-
-@pytest.fixture(scope="session")
-def bake(tmp_path_factory: pytest.TempPathFactory, cookiecutter_config: Path) -> Bake:
-    """bake(**answers) -> the generated project's directory, in a fresh output dir."""
-
-    def _bake(**answers: str) -> Path:
-        out = tmp_path_factory.mktemp("baked")
-        project = cookiecutter(
-            str(ROOT),
-            no_input=True,
-            extra_context=answers,
-            output_dir=str(out),
-            config_file=str(cookiecutter_config),
-        )
-        return Path(project)
-
-    return _bake
 
 
 @pytest.fixture(scope="module")

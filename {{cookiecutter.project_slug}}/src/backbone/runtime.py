@@ -98,6 +98,7 @@ class Engine(Generic[A]):
             self.applier,
             self.topics,
             self.settings.max_batch_records,
+            self.settings.fault_delay_ms / 1000,
         )
 
     async def start(self) -> None:

@@ -44,6 +44,7 @@ class EngineSettings:
     changelog_retention_ms: int = -1
     tracing: str = "none"
     log_level: str = "info"
+    fault_delay_ms: int = 0
 
     @classmethod
     def from_env(
@@ -78,4 +79,5 @@ class EngineSettings:
             changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", -1, -1),
             tracing=tracing,
             log_level=e.get("LOG_LEVEL", "info").lower(),
+            fault_delay_ms=_int(e, "BACKBONE_FAULT_DELAY_MS", 0, 0),
         )

@@ -65,6 +65,7 @@ class Processor:
         applier: BatchApplier[Any],
         topics: Topics,
         max_records: int,
+        fault_delay_s: float = 0.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -72,6 +73,7 @@ class Processor:
         self.applier = applier
         self.topics = topics
         self.max_records = max_records
+        self.fault_delay_s = fault_delay_s
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
         self.processed = 0
@@ -100,6 +102,10 @@ class Processor:
             return
         try:
             changelog_ends = await asyncio.gather(*(self._publish(r) for r in results))
+            if self.fault_delay_s:
+                # Fault injection for crash tests: widen the changelog-acked, store-not-yet-
+                # written window so that a SIGKILL lands in it.
+                await asyncio.sleep(self.fault_delay_s)
             for result, changelog_end in zip(results, changelog_ends, strict=True):
                 store = self.stores.get(result.partition)
                 if store is None:
