@@ -67,6 +67,7 @@ def create_app(settings: EngineSettings | None = None) -> Litestar:
         lifespan=[lifespan],
         plugins=[OpenTelemetryPlugin(OpenTelemetryConfig())] if provider else [],
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # structlog, configured above, owns logging
     )
     app.state.engine = engine
     return app

@@ -23,6 +23,7 @@ def _run(_: argparse.Namespace) -> int:
         app,
         host=settings.http_host,
         port=settings.http_port,
+        log_config=None,
         log_level="warning",
         access_log=False,
     )
