@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.devcluster import NodeProcess
 
@@ -224,3 +225,35 @@ def test_dlq_replay_resubmits_chosen_records_after_a_fix(
     assert "replayed 1 of 1 dead letters" in done.stdout
     state = wait_for(state_with(node, "late-1", order_count=1), what="the replayed order")
     assert state["lifetime_value_cents"] == 700
+
+
+def test_a_store_ahead_of_a_recreated_changelog_is_refused_with_advice(
+    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+) -> None:
+    node = node_factory(PARTITIONS="1").start()
+    node.wait_ready()
+    register(node, "c-1")
+    wait_for(state_with(node, "c-1", version=1), what="registration")
+    node.kill()
+    changelog = f"{service_name}.{{ cookiecutter.aggregate_name }}-changelog"
+
+    async def delete_changelog() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([changelog])
+            deadline = time.monotonic() + 60
+            while changelog in await admin.list_topics():
+                assert time.monotonic() < deadline, "the changelog was not deleted"
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+    asyncio.run(delete_changelog())
+    restarted = node_factory(PARTITIONS="1").start()
+    status = wait_for(
+        lambda: (restarted.status() or {}).get("failure"), what="the restore to be refused"
+    )
+    assert "was recreated or truncated" in status
+    assert "Delete" in status
+    assert (restarted.status() or {}).get("ready") is False
