@@ -56,6 +56,12 @@ class ReadModel(Generic[A]):
         self._key = next(iter(self.table.primary_key.columns)).name
         self._upsert_rows = self._upsert(self.table, [self._key])
         self._upsert_offset = self._upsert(self.offsets, ["topic", "partition"])
+        dialect: Any = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        self._ensure_offset = (
+            dialect.insert(self.offsets)
+            .values(next_offset=0)
+            .on_conflict_do_nothing(index_elements=["topic", "partition"])
+        )
 
     def next_offsets(self, topic: str) -> dict[int, int]:
         with self.engine.connect() as conn:
@@ -79,6 +85,8 @@ class ReadModel(Generic[A]):
     ) -> int:
         """Upsert one partition's changelog records; returns how many rows were written."""
         with self.engine.begin() as conn:
+            # The row must exist before FOR UPDATE can lock it against another projector.
+            conn.execute(self._ensure_offset, [{"topic": topic, "partition": partition}])
             current = conn.execute(
                 sa.select(self.offsets.c.next_offset)
                 .where(self.offsets.c.topic == topic, self.offsets.c.partition == partition)

@@ -13,7 +13,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry import propagate, trace
 
-from backbone.changelog import ChangelogReader
+from backbone.changelog import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
 from backbone.partitioning import partition_for
@@ -26,6 +26,8 @@ from backbone.topics import Topics, ensure_topics
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("backbone.runtime")
+
+RESTORE_RETRY_S = 2.0
 
 
 class NotOwnedError(LookupError):
@@ -147,10 +149,10 @@ class Engine(Generic[A]):
     async def stop(self) -> None:
         if not hasattr(self, "processor"):
             return
-        for task in [*self._tasks, *self._restores.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
-        async with self.processor.lock:
+        async with self.processor.lock:  # the batch in flight finishes and commits first
+            for task in [*self._tasks, *self._restores.values()]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
             await self.consumer.stop()
         await self.reader.stop()
         await self.producer.stop()
@@ -193,11 +195,19 @@ class Engine(Generic[A]):
                 self.consumer.resume(tp)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except ChangelogMismatchError as exc:
+            # Needs an operator: retrying would fail the same way.
             self.failure = f"partition {partition}: {exc}"
-            log.error("restore_failed", partition=partition, error=str(exc))
-        finally:
-            self._restores.pop(partition, None)
+            log.error("restore_refused", partition=partition, error=str(exc))
+        except Exception as exc:
+            log.warning("restore_failed_retrying", partition=partition, error=str(exc))
+            await asyncio.sleep(RESTORE_RETRY_S)
+            if partition in self.assigned:
+                self._restores[partition] = asyncio.create_task(
+                    self._restore(partition), name=f"restore-{partition}"
+                )
+                return
+        self._restores.pop(partition, None)
 
     # --- queries and commands --------------------------------------------------------
     def partition_of(self, aggregate_id: str) -> int:
@@ -231,6 +241,12 @@ class Engine(Generic[A]):
             headers.extend((k, v.encode()) for k, v in carrier.items())
             metadata = await self.producer.send_and_wait(
                 self.topics.events, value, key=key, partition=partition, headers=headers
+            )
+            log.info(
+                "event_accepted",
+                aggregate_id=aggregate_id,
+                partition=metadata.partition,
+                offset=metadata.offset,
             )
         return metadata.partition, metadata.offset
 
