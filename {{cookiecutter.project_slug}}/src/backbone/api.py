@@ -21,6 +21,7 @@ from backbone.readmodel import QueryError, ReadModel
 from backbone.runtime import Engine, NotOwnedError
 
 MAX_ID_LENGTH = 256
+FORWARDED_HEADER = "x-backbone-forwarded-by"
 
 
 def _check_id(aggregate_id: str) -> None:
@@ -54,12 +55,24 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
         return {"id": aggregate_id, "type": name, "partition": partition, "offset": offset}
 
     @get("/{aggregate_id:str}")
-    async def get_aggregate(aggregate_id: str) -> Response[bytes]:
+    async def get_aggregate(aggregate_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
         _check_id(aggregate_id)
         try:
             aggregate = engine.get_local(aggregate_id)
         except NotOwnedError as exc:
-            raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+            if request.headers.get(FORWARDED_HEADER):
+                # One hop only: the sender's routes are stale, let it retry.
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)
+                ) from exc
+            forwarded = await engine.forward_get(aggregate_id, request.url.path)
+            if forwarded is None:
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                    detail=f"{exc}, and no other node is known to own it yet: retry shortly",
+                ) from exc
+            status, body = forwarded
+            return Response(body, status_code=status, media_type="application/json")
         if aggregate is None:
             raise HTTPException(
                 status_code=HTTP_404_NOT_FOUND,
@@ -82,6 +95,15 @@ def health_routes(engine: Engine[Any]) -> Router:
         return Response(status, status_code=code)
 
     return Router(path="/health", route_handlers=[live, ready])
+
+
+def admin_routes(engine: Engine[Any]) -> Router:
+    @get("/assignment")
+    async def assignment() -> dict[str, Any]:
+        """Who holds what, the constraints the assignor gave up, this node's standbys."""
+        return engine.assignment_view()
+
+    return Router(path="/admin", route_handlers=[assignment])
 
 
 def read_model_routes(model: ReadModel[Any], plural: str) -> Router:

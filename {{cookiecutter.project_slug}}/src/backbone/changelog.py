@@ -135,6 +135,29 @@ class ChangelogReader:
         finally:
             self.remove(partition)
 
+    def tail(self, store: PartitionStore) -> None:
+        """Keep ``store`` following the changelog (a standby) until :meth:`remove`."""
+        partition = store.partition
+        if partition in self._tasks and self._tasks[partition].done is None:
+            return
+        start = store.meta().changelog_offset
+        self._assign(partition, _Task(store, Progress(partition, start, None, start), None))
+        log.info("standby_tailing", partition=partition, start=start)
+
+    def standby_lag(self) -> dict[int, int | None]:
+        """Records each standby is behind the changelog's end, as of its last fetch."""
+        lags: dict[int, int | None] = {}
+        for partition, task in self._tasks.items():
+            if task.done is None:
+                tp = TopicPartition(self.topic, partition)
+                highwater = self._consumer.highwater(tp)
+                lags[partition] = None if highwater is None else highwater - task.progress.position
+        return lags
+
+    @property
+    def tailing(self) -> set[int]:
+        return {p for p, t in self._tasks.items() if t.done is None}
+
     def remove(self, partition: int) -> None:
         if self._tasks.pop(partition, None) is not None:
             self._reassign()

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, Generic, TypeVar
 
+import httpx
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -13,12 +14,14 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry import propagate, trace
 
+from backbone.assignment import BackboneAssignor
 from backbone.changelog import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier
 from backbone.processing.processor import Processor
+from backbone.routing import RoutingTable
 from backbone.settings import EngineSettings
 from backbone.store.registry import StoreRegistry
 from backbone.topics import Topics, ensure_topics
@@ -53,6 +56,10 @@ class Engine(Generic[A]):
         self.applier: BatchApplier[A] = BatchApplier(domain)
         self.stores = StoreRegistry(settings.data_dir, settings.store)
         self.assigned: set[int] = set()
+        self.standbys: set[int] = set()
+        # Changelog offsets of stores on local disk, reported to the group leader so that a
+        # partition moves preferably to a node that already has its state.
+        self._known_offsets: dict[int, int] = {}
         self._restores: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._joined = False
@@ -62,9 +69,22 @@ class Engine(Generic[A]):
         self.consumer: AIOKafkaConsumer
         self.reader: ChangelogReader
         self.processor: Processor
+        self.assignor: BackboneAssignor
+        self.routing: RoutingTable
+        self._http: httpx.AsyncClient
 
     def _create_clients(self) -> None:
         # aiokafka clients must be created inside the running event loop.
+        self.assignor = BackboneAssignor(
+            node=self.settings.host or self.settings.node_id,
+            zone=self.settings.zone,
+            endpoint=self.settings.advertised_url,
+            standby_replicas=self.settings.standby_replicas,
+            local_state=self._local_state,
+            acceptable_lag=self.settings.acceptable_lag,
+        )
+        self.routing = RoutingTable(self.settings.bootstrap_servers, self.topics.group)
+        self._http = httpx.AsyncClient(timeout=10.0)
         client_id = f"{self.settings.service}-{self.settings.node_id}"
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -87,8 +107,9 @@ class Engine(Generic[A]):
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 6, 100),
+            partition_assignment_strategy=(self.assignor,),
         )
         self.reader = ChangelogReader(
             self.settings.bootstrap_servers, self.topics.changelog, client_id
@@ -123,8 +144,10 @@ class Engine(Generic[A]):
             )
         finally:
             await admin.close()
+        self._known_offsets = self._scan_disk()
         await self.producer.start()
         await self.reader.start()
+        await self.routing.start()
         await self.consumer.start()
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         self._tasks.append(asyncio.create_task(self._process(), name="processor"))
@@ -155,6 +178,8 @@ class Engine(Generic[A]):
             await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
             await self.consumer.stop()
         await self.reader.stop()
+        await self.routing.stop()
+        await self._http.aclose()
         await self.producer.stop()
         self.stores.close_all()
         log.info("engine_stopped")
@@ -171,15 +196,54 @@ class Engine(Generic[A]):
 
     async def on_assigned(self, partitions: set[int]) -> None:
         self._joined = True
-        for p in self.stores.partitions - partitions:
-            self.stores.close(p)  # stores given back in this rebalance stay open
+        standbys = set(self.assignor.standbys) - partitions
+        for p in self.reader.tailing - standbys:
+            self.reader.remove(p)
+        for p in self.stores.partitions - partitions - standbys:
+            self._close(p)  # stores given back in this rebalance stay open
         self.assigned = set(partitions)
+        self.standbys = standbys
         tps = [TopicPartition(self.topics.events, p) for p in partitions]
         if tps:
             self.consumer.pause(*tps)
         for p in sorted(partitions):
             self._restores[p] = asyncio.create_task(self._restore(p), name=f"restore-{p}")
-        log.info("partitions_assigned", partitions=sorted(partitions))
+        for p in sorted(standbys):
+            try:
+                self.reader.tail(self.stores.open(p))
+            except Exception as exc:
+                log.error("standby_failed", partition=p, error=str(exc))
+        self.routing.refresh_soon()
+        log.info(
+            "partitions_assigned",
+            active=sorted(partitions),
+            standby=sorted(standbys),
+            unmet=self.assignor.unmet,
+        )
+
+    def _close(self, partition: int) -> None:
+        store = self.stores.get(partition)
+        if store is not None:
+            self._known_offsets[partition] = store.meta().changelog_offset
+            self.stores.close(partition)
+
+    def _scan_disk(self) -> dict[int, int]:
+        offsets: dict[int, int] = {}
+        for p in range(self.settings.partitions):
+            if self.stores.path(p).exists():
+                try:
+                    offsets[p] = self.stores.open(p).meta().changelog_offset
+                finally:
+                    self.stores.close(p)
+        return offsets
+
+    def _local_state(self) -> tuple[dict[int, int], frozenset[int], frozenset[int]]:
+        offsets = dict(self._known_offsets)
+        for p in self.stores.partitions:
+            store = self.stores.get(p)
+            if store is not None:
+                offsets[p] = store.meta().changelog_offset
+        return offsets, frozenset(self.assigned), frozenset(self.standbys)
 
     async def _restore(self, partition: int) -> None:
         tp = TopicPartition(self.topics.events, partition)
@@ -226,6 +290,40 @@ class Engine(Generic[A]):
         offset, aggregate = self.applier.aggregates.decode(raw)
         return None if offset == NO_OFFSET else aggregate
 
+    async def forward_get(self, aggregate_id: str, path: str) -> tuple[int, bytes] | None:
+        """Ask the node that owns the key; None when no other node is known to own it."""
+        owner = self.routing.owner(self.partition_of(aggregate_id))
+        if owner is None or owner.endpoint == self.settings.advertised_url:
+            return None
+        try:
+            response = await self._http.get(
+                f"{owner.endpoint}{path}",
+                headers={"x-backbone-forwarded-by": self.settings.node_id},
+            )
+        except httpx.HTTPError as exc:
+            log.warning("forward_failed", owner=owner.endpoint, error=str(exc))
+            return None
+        return response.status_code, response.content
+
+    def assignment_view(self) -> dict[str, Any]:
+        plan = self.assignor.last_plan
+        return {
+            "node": self.settings.node_id,
+            "zone": self.settings.zone,
+            "active": sorted(self.assigned),
+            "standby": sorted(self.standbys),
+            "standby_lag": self.reader.standby_lag(),
+            "unmet": self.assignor.unmet,
+            "leader_plan": None
+            if plan is None
+            else {
+                "unmet": plan.unmet,
+                "zone_conflicts": plan.zone_conflicts,
+                "missing_standbys": plan.missing_standbys,
+            },
+            "group": self.routing.routes.as_dict(),
+        }
+
     async def submit(self, aggregate_id: str, event: Event) -> tuple[int, int]:
         """Produce ``event`` for ``aggregate_id``; returns (partition, offset) once acked."""
         value, headers = self.applier.events.encode(event)
@@ -266,6 +364,8 @@ class Engine(Generic[A]):
             "zone": self.settings.zone,
             "active": sorted(self.processor.ready),
             "assigned": sorted(self.assigned),
+            "standby": sorted(self.standbys),
+            "standby_lag": self.reader.standby_lag(),
             "restoring": restoring,
             "processed": self.processor.processed,
             "dead_letters": self.processor.dead_letters,

@@ -9,7 +9,7 @@ from typing import Any
 from litestar import Litestar, Router
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from backbone.api import aggregate_routes, health_routes{% if cookiecutter.include_read_model == "yes" %}, read_model_routes{% endif %}
+from backbone.api import admin_routes, aggregate_routes, health_routes{% if cookiecutter.include_read_model == "yes" %}, read_model_routes{% endif %}
 from backbone.observability import configure_logging, configure_tracing
 {%- if cookiecutter.include_read_model == "yes" %}
 from backbone.readmodel import Projector, ReadModel
@@ -32,6 +32,7 @@ def create_app(settings: EngineSettings | None = None) -> Litestar:
     route_handlers: list[Router] = [
         aggregate_routes(engine, service_settings.PLURAL),
         health_routes(engine),
+        admin_routes(engine),
     ]
     services: list[Any] = []
 {%- if cookiecutter.include_read_model == "yes" %}

@@ -1,0 +1,123 @@
+"""The assignor's bytes in the Kafka group protocol (msgpack, short field names, versioned).
+
+Subscription (JoinGroup): each member's ``user_data`` is a :class:`MemberMetadata`: where it
+runs, where it answers HTTP, what state it holds and what it owned in the last generation.
+
+Assignment (SyncGroup): each member's ``user_data`` is an :class:`AssignmentData` holding its
+own standbys and the short list of constraints the leader gave up, nothing about other
+members, so the SyncGroup request grows with the members' own tasks, not with the cluster.
+The routing map every node needs is read back from the group's description (DescribeGroups
+lists every member's metadata and assignment): see :func:`decode_member`.
+
+Unknown fields are ignored on decoding, so a newer member may add fields (and bump
+``version``) without breaking an older leader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+
+PROTOCOL_VERSION = 1
+
+
+class MemberMetadata(
+    msgspec.Struct,
+    omit_defaults=True,
+    rename={
+        "version": "v",
+        "node": "n",
+        "zone": "z",
+        "endpoint": "e",
+        "offsets": "o",
+        "active": "a",
+        "standby": "s",
+    },
+):
+    """What a member tells the group leader when it joins."""
+
+    version: int = PROTOCOL_VERSION
+    node: str = ""  # host; several members may run on one node
+    zone: str = ""  # "" = unknown
+    endpoint: str = ""  # base URL of its HTTP API, e.g. "http://10.1.2.3:8000"
+    offsets: dict[int, int] = msgspec.field(default_factory=dict)  # changelog offset per store
+    active: list[int] = msgspec.field(default_factory=list)  # previous generation's actives
+    standby: list[int] = msgspec.field(default_factory=list)  # previous generation's standbys
+
+
+class AssignmentData(
+    msgspec.Struct, omit_defaults=True, rename={"version": "v", "standbys": "s", "unmet": "u"}
+):
+    """What the leader adds to a member's assignment: its own standbys, the unmet lines."""
+
+    version: int = PROTOCOL_VERSION
+    standbys: list[int] = msgspec.field(default_factory=list)
+    unmet: list[str] = msgspec.field(default_factory=list)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_metadata_decoder = msgspec.msgpack.Decoder(MemberMetadata)
+_assignment_decoder = msgspec.msgpack.Decoder(AssignmentData)
+
+
+def encode_metadata(
+    node: str,
+    zone: str,
+    endpoint: str,
+    offsets: Mapping[int, int],
+    active: Iterable[int],
+    standby: Iterable[int],
+) -> bytes:
+    return _encoder.encode(
+        MemberMetadata(
+            node=node,
+            zone=zone,
+            endpoint=endpoint,
+            offsets=dict(sorted(offsets.items())),
+            active=sorted(active),
+            standby=sorted(standby),
+        )
+    )
+
+
+def decode_metadata(data: bytes | None) -> MemberMetadata:
+    """Empty bytes (a member that sent none) give the defaults: no node, zone ""."""
+    if not data:
+        return MemberMetadata()
+    return _metadata_decoder.decode(data)
+
+
+def encode_assignment(standbys: Iterable[int], unmet: Iterable[str] = ()) -> bytes:
+    return _encoder.encode(AssignmentData(standbys=sorted(standbys), unmet=list(unmet)))
+
+
+def decode_assignment(data: bytes | None) -> AssignmentData:
+    if not data:
+        return AssignmentData()
+    return _assignment_decoder.decode(data)
+
+
+def decode_member(
+    metadata: bytes | None, assignment: bytes | None
+) -> tuple[MemberMetadata, list[int], list[int], list[str]]:
+    """One member of a DescribeGroups answer: (metadata, actives, standbys, unmet).
+
+    ``metadata`` and ``assignment`` are the raw ``member_metadata`` and
+    ``member_assignment`` bytes (aiokafka's ConsumerProtocolMemberMetadata and
+    ConsumerProtocolMemberAssignment wire format); either may be empty while the group is
+    rebalancing.
+    """
+    meta = MemberMetadata()
+    if metadata:
+        meta = decode_metadata(ConsumerProtocolMemberMetadata.decode(metadata).user_data)
+    if not assignment:
+        return meta, [], [], []
+    decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+    actives = sorted(p for _, partitions in decoded.assignment for p in partitions)
+    data = decode_assignment(decoded.user_data)
+    return meta, actives, list(data.standbys), list(data.unmet)
