@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -257,3 +258,18 @@ def test_a_store_ahead_of_a_recreated_changelog_is_refused_with_advice(
     assert "was recreated or truncated" in status
     assert "Delete" in status
     assert (restarted.status() or {}).get("ready") is False
+
+
+def test_one_trace_runs_from_the_http_request_to_the_handler(node_factory: NodeFactory) -> None:
+    node = node_factory(OTEL_EXPORTER="console").start()
+    node.wait_ready()
+    register(node, "traced-1")
+    wait_for(state_with(node, "traced-1", version=1), what="registration")
+    node.stop()  # flushes the span processor
+    log = node.log_path.read_text()
+    spans = re.findall(r'"name": "([^"]+)",\s+"context": \{\s+"trace_id": "(0x[0-9a-f]+)"', log)
+    post = {trace for name, trace in spans if name == f"POST /{PLURAL}/traced-1/events"}
+    handled = {trace for name, trace in spans if name == "process event"}
+    assert post and post & handled, spans
+    accepted = [json.loads(line) for line in log.splitlines() if '"event_accepted"' in line]
+    assert accepted and f"0x{accepted[0]['trace_id']}" in post

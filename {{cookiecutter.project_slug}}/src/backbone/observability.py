@@ -9,7 +9,12 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -69,17 +74,25 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
 
 
 def configure_tracing(service: str, exporter: str, node_id: str) -> TracerProvider | None:
-    """``none`` keeps OpenTelemetry's no-op tracer, so unsampled hot paths cost nothing."""
+    """Traces and metrics to ``exporter``; ``none`` keeps OpenTelemetry's no-op providers,
+    so unsampled hot paths cost nothing."""
     if exporter == "none":
         return None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service, "service.instance.id": node_id})
-    )
+    resource = Resource.create({"service.name": service, "service.instance.id": node_id})
+    provider = TracerProvider(resource=resource)
+    span_exporter: Any
+    metric_exporter: Any
     if exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        span_exporter = ConsoleSpanExporter(out=sys.stderr)
+        metric_exporter = ConsoleMetricExporter(out=sys.stderr)
     else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        span_exporter = OTLPSpanExporter()
+        metric_exporter = OTLPMetricExporter()
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
+    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=30_000)
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     return provider

@@ -12,7 +12,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog import ChangelogMismatchError, ChangelogReader
@@ -124,8 +125,37 @@ class Engine(Generic[A]):
             self.settings.fault_delay_ms / 1000,
         )
 
+    def _register_metrics(self) -> None:
+        meter = metrics.get_meter("backbone")
+
+        def unmet(_: CallbackOptions) -> list[Observation]:
+            return [Observation(len(self.assignor.unmet))]
+
+        def standby_lag(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(lag, {"partition": p})
+                for p, lag in self.reader.standby_lag().items()
+                if lag is not None
+            ]
+
+        def processed(_: CallbackOptions) -> list[Observation]:
+            return [Observation(self.processor.processed)]
+
+        meter.create_observable_gauge(
+            "backbone.assignment.unmet_constraints",
+            [unmet],
+            description="assignment constraints the group leader could not meet",
+        )
+        meter.create_observable_gauge(
+            "backbone.standby.lag", [standby_lag], description="records behind the changelog"
+        )
+        meter.create_observable_counter(
+            "backbone.events.processed", [processed], description="events applied"
+        )
+
     async def start(self) -> None:
         self._create_clients()
+        self._register_metrics()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
         await admin.start()
         try:
