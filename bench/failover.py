@@ -80,6 +80,7 @@ def main() -> int:
                 "PARTITIONS": str(PARTITIONS),
                 "STANDBY_REPLICAS": "1",
                 "PYTHONPATH": str(project / "src"),
+                "INTERNAL_TOKEN": "bench-token",
                 "READ_MODEL": "off",
                 "LOG_LEVEL": "warning",
             }

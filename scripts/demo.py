@@ -59,7 +59,11 @@ def main() -> int:
     say("starting a local Apache Kafka (KRaft) from Maven Central jars")
     with LocalKafka(WORK / "kafka", nodes=1) as kafka:
         print(f"    bootstrap: {kafka.bootstrap}")
-        env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "PYTHONPATH": str(project / "src")}
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "PYTHONPATH": str(project / "src"),
+            "INTERNAL_TOKEN": "demo-token",
+        }
         nodes = [
             NodeProcess("customer_backbone", f"node-{i}", WORK / "nodes", {**env, "ZONE": zone})
             for i, zone in enumerate(ZONES)

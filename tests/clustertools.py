@@ -1,0 +1,174 @@
+"""Helpers shared by the multi-node tests: a known event stream, its reference, Kafka lag,
+node status and the stores on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from backbone.devcluster import NodeProcess
+from backbone.store import PartitionStore
+
+INTERNAL_TOKEN = "test-internal-token"
+Reference = dict[str, tuple[int, int]]
+
+
+class Stored(msgspec.Struct):
+    """The fields of the example aggregate that the reference predicts."""
+
+    id: str
+    lifetime_value_cents: int
+    order_count: int
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def make_stream(keys: int, orders: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Reference]:
+    """Registrations, then orders of known amounts; the reference is (total, count) per key."""
+    rng = random.Random(seed)
+    encode = msgspec.json.encode
+    register = {"type": "customer_registered", "name": "K", "email": "k@x.io"}
+    events = [(f"k-{i}".encode(), encode(register)) for i in range(keys)]
+    totals: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for n in range(orders):
+        key = f"k-{rng.randrange(keys)}"
+        amount = rng.randint(1, 500)
+        totals[key] += amount
+        counts[key] += 1
+        body = {"type": "order_placed", "order_id": f"o{n}", "amount_cents": amount}
+        events.append((key.encode(), encode(body)))
+    return events, {f"k-{i}": (totals[f"k-{i}"], counts[f"k-{i}"]) for i in range(keys)}
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce_over_time(
+    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], chunk: int, pause: float
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for start in range(0, len(events), chunk):
+            sent = [await producer.send(topic, v, key=k) for k, v in events[start : start + chunk]]
+            await asyncio.gather(*sent)
+            await asyncio.sleep(pause)
+    finally:
+        await producer.stop()
+
+
+async def _offsets(bootstrap: str, topic: str, partitions: int, group: str | None) -> int:
+    """Records not yet committed by ``group``, or all records when ``group`` is None."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        total = 0
+        for tp in tps:
+            total += ends[tp] - ((await consumer.committed(tp) or 0) if group else 0)
+        return total
+    finally:
+        await consumer.stop()
+
+
+def lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    return asyncio.run(_offsets(bootstrap, topic, partitions, group))
+
+
+def produced(bootstrap: str, topic: str, partitions: int) -> int:
+    return asyncio.run(_offsets(bootstrap, topic, partitions, None))
+
+
+def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    async def begins() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            return {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(begins())
+
+
+def status(node: NodeProcess) -> dict[str, Any]:
+    return (node.status() or {}) if node.alive() else {}
+
+
+def assignment(node: NodeProcess) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{node.url}/admin/assignment", timeout=5).json()
+    return body
+
+
+def settled(live: list[NodeProcess], partitions: int, standbys: int) -> dict[str, Any] | None:
+    """The group's view once every partition has one ready active and its standbys."""
+    statuses = [status(n) for n in live]
+    if not all(s.get("ready") for s in statuses):
+        return None
+    actives = sorted(p for s in statuses for p in s.get("active", []))
+    placed = [p for s in statuses for p in s.get("standby", [])]
+    if actives != list(range(partitions)) or len(placed) != standbys:
+        return None
+    view: dict[str, Any] = assignment(live[0])["group"]
+    return view if len(view["partitions"]) == partitions else None
+
+
+def standbys_caught_up(nodes: list[NodeProcess]) -> bool:
+    return all(all(v == 0 for v in status(n).get("standby_lag", {}).values()) for n in nodes)
+
+
+def read_store(data_dir: Path, partition: int) -> dict[bytes, bytes]:
+    store = PartitionStore(data_dir / "customer" / "g0" / str(partition), partition)
+    try:
+        return dict(store.items())
+    finally:
+        store.close()
+
+
+def check_replicas(final: dict[str, Any], nodes: list[NodeProcess], reference: Reference) -> None:
+    """Actives hold the reference; every standby store equals its active's, byte for byte."""
+    from backbone.codec import AggregateCodec
+
+    codec = AggregateCodec(Stored)
+    by_name = {n.name: n for n in nodes}
+    seen: Reference = {}
+    for p, replicas in final.items():
+        active = read_store(by_name[replicas["active"]["node"]].data_dir, int(p))
+        for value in active.values():
+            state = codec.decode(value)[1]
+            seen[state.id] = (state.lifetime_value_cents, state.order_count)
+        for standby in replicas["standbys"]:
+            copy = read_store(by_name[standby["node"]].data_dir, int(p))
+            assert copy == active, f"standby of {p} on {standby['node']} differs from its active"
+    wrong = {k: (seen.get(k), v) for k, v in reference.items() if seen.get(k) != v}
+    assert not wrong, (
+        f"{len(wrong)} aggregates differ from the reference: {list(wrong.items())[:3]}"
+    )
