@@ -46,7 +46,11 @@ def main() -> int:
                 "{{ cookiecutter.package_name }}",
                 f"node-{i}",
                 WORK,
-                {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "ZONE": zone},
+                {
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "ZONE": zone,
+                    "INTERNAL_TOKEN": "demo-token",
+                },
             )
             for i, zone in enumerate(ZONES)
         ]

@@ -43,6 +43,7 @@ def node_factory(kafka_bootstrap: str, service_name: str, tmp_path: Path) -> Ite
                 "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "SERVICE_NAME": service_name,
                 "PARTITIONS": "4",
+                "INTERNAL_TOKEN": "test-internal-token",
                 **env,
             },
         )

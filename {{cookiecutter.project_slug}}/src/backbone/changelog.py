@@ -97,11 +97,17 @@ class ChangelogReader:
         end = (await self._consumer.end_offsets([tp]))[tp]
         return begin, end
 
-    async def restore(self, store: PartitionStore) -> Progress:
-        """Bring ``store`` up to the changelog's current end; returns when it is there."""
+    async def restore(self, store: PartitionStore, allow_gap: bool = False) -> Progress:
+        """Bring ``store`` up to the changelog's current end; returns when it is there.
+
+        ``allow_gap`` applies what is left of a truncated changelog, for a store that will
+        then be rebuilt from the input."""
         partition = store.partition
         begin, end = await self.bounds(partition)
         start = store.meta().changelog_offset
+        if allow_gap and start < begin:
+            store.write((), changelog_offset=begin)
+            start = begin
         if start > end:
             raise ChangelogMismatchError(
                 f"store {store.path} has applied changelog {self.topic}[{partition}] up to offset "
@@ -109,15 +115,6 @@ class ChangelogReader:
                 f"truncated. Delete {store.path} so that it is rebuilt, then restart."
             )
         if start < begin:
-            # Records below `begin` were deleted: replaying from `begin` would leave a gap
-            # unless the store starts empty and the changelog still holds every key.
-            log.warning(
-                "changelog_gap_rebuilding",
-                partition=partition,
-                store_offset=start,
-                changelog_begin=begin,
-                store=str(store.path),
-            )
             raise ChangelogMismatchError(
                 f"store {store.path} stops at changelog offset {start} but the changelog now "
                 f"starts at {begin}: records in between are gone. Bootstrap the partition from "

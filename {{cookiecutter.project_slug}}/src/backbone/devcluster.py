@@ -35,12 +35,14 @@ class NodeProcess:
         self.package = package
         self.name = name
         self.port = port or free_port()
+        self.internal_port = free_port()
         self.data_dir = workdir / name / "data"
         self.log_path = workdir / name / "node.log"
         self.env = {
             **os.environ,
             "NODE_ID": name,
             "HTTP_PORT": str(self.port),
+            "INTERNAL_PORT": str(self.internal_port),
             "DATA_DIR": str(self.data_dir),
             **env,
         }
@@ -49,6 +51,10 @@ class NodeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://127.0.0.1:{self.internal_port}"
 
     def start(self) -> NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
 import time
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +18,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from backbone.assignment import BackboneAssignor
+from backbone.bootstrap import Bootstrapper, NoSourceError
 from backbone.changelog import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
@@ -24,8 +27,9 @@ from backbone.processing.apply import BatchApplier
 from backbone.processing.processor import Processor
 from backbone.routing import RoutingTable
 from backbone.settings import EngineSettings
+from backbone.store import PartitionStore
 from backbone.store.registry import StoreRegistry
-from backbone.topics import Topics, ensure_topics
+from backbone.topics import Topics, changelog_config, ensure_topics
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
@@ -73,19 +77,35 @@ class Engine(Generic[A]):
         self.assignor: BackboneAssignor
         self.routing: RoutingTable
         self._http: httpx.AsyncClient
+        self.bootstrapper: Bootstrapper
+        self._standby_tasks: dict[int, asyncio.Task[None]] = {}
 
     def _create_clients(self) -> None:
         # aiokafka clients must be created inside the running event loop.
         self.assignor = BackboneAssignor(
             node=self.settings.host or self.settings.node_id,
             zone=self.settings.zone,
-            endpoint=self.settings.advertised_url,
+            endpoint=self.settings.internal_url,
             standby_replicas=self.settings.standby_replicas,
             local_state=self._local_state,
             acceptable_lag=self.settings.acceptable_lag,
         )
         self.routing = RoutingTable(self.settings.bootstrap_servers, self.topics.group)
-        self._http = httpx.AsyncClient(timeout=10.0)
+        tls: dict[str, Any] = {}
+        if self.settings.tls_cert:
+            tls = {
+                "verify": ssl.create_default_context(cafile=self.settings.tls_ca),
+                "cert": (self.settings.tls_cert, self.settings.tls_key),
+            }
+        self._http = httpx.AsyncClient(timeout=10.0, **tls)
+        self.bootstrapper = Bootstrapper(
+            self.routing,
+            self._http,
+            self.settings.internal_token,
+            self.settings.zone,
+            self.settings.internal_url,
+            self.settings.data_dir / "incoming",
+        )
         client_id = f"{self.settings.service}-{self.settings.node_id}"
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -159,21 +179,22 @@ class Engine(Generic[A]):
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
         await admin.start()
         try:
-            config = {"cleanup.policy": "compact"}
-            if self.settings.changelog_retention_ms >= 0:
-                config = {
-                    "cleanup.policy": "compact,delete",
-                    "retention.ms": str(self.settings.changelog_retention_ms),
-                }
             await ensure_topics(
                 admin,
                 self.topics,
                 self.settings.partitions,
                 self.settings.replication_factor,
-                config,
+                changelog_config(
+                    self.settings.changelog_retention_ms,
+                    self.settings.changelog_retention_bytes,
+                    self.settings.changelog_segment_ms,
+                ),
             )
         finally:
             await admin.close()
+        for leftover in ("incoming", "checkpoints"):
+            # Half-received or half-served checkpoints of a process that was killed.
+            shutil.rmtree(self.settings.data_dir / leftover, ignore_errors=True)
         self._known_offsets = self._scan_disk()
         await self.producer.start()
         await self.reader.start()
@@ -203,9 +224,10 @@ class Engine(Generic[A]):
         if not hasattr(self, "processor"):
             return
         async with self.processor.lock:  # the batch in flight finishes and commits first
-            for task in [*self._tasks, *self._restores.values()]:
+            tasks = [*self._tasks, *self._restores.values(), *self._standby_tasks.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, *self._restores.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.consumer.stop()
         await self.reader.stop()
         await self.routing.stop()
@@ -227,7 +249,10 @@ class Engine(Generic[A]):
     async def on_assigned(self, partitions: set[int]) -> None:
         self._joined = True
         standbys = set(self.assignor.standbys) - partitions
-        for p in self.reader.tailing - standbys:
+        for p in (self.reader.tailing | set(self._standby_tasks)) - standbys:
+            task = self._standby_tasks.pop(p, None)
+            if task is not None:
+                task.cancel()
             self.reader.remove(p)
         for p in self.stores.partitions - partitions - standbys:
             self._close(p)  # stores given back in this rebalance stay open
@@ -250,6 +275,61 @@ class Engine(Generic[A]):
             standby=sorted(standbys),
             unmet=self.assignor.unmet,
         )
+
+    async def _ensure_state(self, partition: int) -> tuple[PartitionStore, bool]:
+        """Open the store, bootstrapping it from a peer when it is missing, behind the
+        changelog's start, or far behind. Returns the store and whether its state is
+        complete (False: no peer could serve and the changelog no longer starts at 0)."""
+        store = self.stores.open(partition)
+        begin, end = await self.reader.bounds(partition)
+        offset = store.meta().changelog_offset
+        if offset < begin:
+            reason = f"store at changelog offset {offset} is older than its first offset {begin}"
+        elif end - offset > self.settings.bootstrap_min_lag:
+            reason = f"store is {end - offset} changelog records behind"
+        else:
+            return store, True
+        log.warning("bootstrap_needed", partition=partition, reason=reason)
+        path = self.stores.path(partition)
+        self.stores.close(partition)
+        try:
+            await self.bootstrapper.bootstrap(partition, path, begin)
+        except NoSourceError as exc:
+            if offset < begin:
+                shutil.rmtree(path, ignore_errors=True)  # a store with a gap is worse than none
+            complete = begin == 0
+            log.error(
+                "bootstrap_unavailable",
+                partition=partition,
+                error=str(exc),
+                fallback="changelog replay" if complete else "rebuild from the events topic",
+            )
+            return self.stores.open(partition), complete
+        return self.stores.open(partition), True
+
+    async def _standby(self, partition: int) -> None:
+        """Follow the changelog of a standby partition, bootstrapping it first if needed."""
+        try:
+            while partition in self.standbys:
+                try:
+                    store, complete = await self._ensure_state(partition)
+                except Exception as exc:
+                    log.warning("standby_failed_retrying", partition=partition, error=str(exc))
+                    await asyncio.sleep(RESTORE_RETRY_S)
+                    continue
+                if complete:
+                    self.reader.tail(store)
+                    return
+                log.error("standby_waiting_for_a_peer", partition=partition)
+                await asyncio.sleep(5 * RESTORE_RETRY_S)
+        finally:
+            self._standby_tasks.pop(partition, None)
+
+    def held_store(self, partition: int) -> PartitionStore | None:
+        """The store of a partition this node serves checkpoints of (active or standby)."""
+        if partition in self.processor.ready or partition in self.reader.tailing:
+            return self.stores.get(partition)
+        return None
 
     def _close(self, partition: int) -> None:
         store = self.stores.get(partition)
@@ -278,12 +358,18 @@ class Engine(Generic[A]):
     async def _restore(self, partition: int) -> None:
         tp = TopicPartition(self.topics.events, partition)
         try:
-            store = self.stores.open(partition)
-            await self.reader.restore(store)
-            committed = await self.consumer.committed(tp)
-            stored = store.meta().input_offset
-            if stored > (committed or 0):
-                self.consumer.seek(tp, stored)
+            store, complete = await self._ensure_state(partition)
+            await self.reader.restore(store, allow_gap=not complete)
+            if not complete:
+                # No peer and a truncated changelog: rebuild from the whole input. The fence
+                # of every aggregate the changelog still holds keeps this exactly-once.
+                log.error("rebuilding_from_input", partition=partition, topic=self.topics.events)
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                committed = await self.consumer.committed(tp)
+                stored = store.meta().input_offset
+                if stored > (committed or 0):
+                    self.consumer.seek(tp, stored)
             if partition in self.assigned:
                 self.processor.ready.add(partition)
                 self.consumer.resume(tp)
@@ -327,7 +413,7 @@ class Engine(Generic[A]):
             return None
         try:
             response = await self._http.get(
-                f"{owner.endpoint}{path}",
+                f"{owner.endpoint}/internal/aggregates/{aggregate_id}",
                 headers={"x-backbone-forwarded-by": self.settings.node_id},
             )
         except httpx.HTTPError as exc:

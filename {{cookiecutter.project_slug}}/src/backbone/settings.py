@@ -41,13 +41,25 @@ class EngineSettings:
     advertised_url: str = ""
     max_batch_records: int = 100_000
     max_body_bytes: int = 64 * 1024
-    changelog_retention_ms: int = -1
+    # Finite by default: recovery copies a peer's checkpoint, so the changelog only needs
+    # to cover the time a replica may be away (see docs/decisions).
+    changelog_retention_ms: int = 7 * 24 * 3600 * 1000
+    changelog_retention_bytes: int = -1
+    changelog_segment_ms: int = 24 * 3600 * 1000
     tracing: str = "none"
     log_level: str = "info"
     fault_delay_ms: int = 0
     host: str = ""
     session_timeout_ms: int = 6_000
     acceptable_lag: int = 10_000
+    internal_port: int = 9000
+    internal_url: str = ""
+    internal_token: str = field(default="", repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    bootstrap_min_lag: int = 100_000
+    max_checkpoint_streams: int = 2
 
     @classmethod
     def from_env(
@@ -64,6 +76,14 @@ class EngineSettings:
             raise SettingsError(f"OTEL_EXPORTER={tracing!r}: use none, console or otlp")
         host = e.get("HTTP_HOST", "127.0.0.1")
         port = _int(e, "HTTP_PORT", 8000, 0)
+        internal_port = _int(e, "INTERNAL_PORT", 9000, 0)
+        tls = [e.get(k, "") for k in ("INTERNAL_TLS_CERT", "INTERNAL_TLS_KEY", "INTERNAL_TLS_CA")]
+        if any(tls) and not all(tls):
+            raise SettingsError(
+                "mutual TLS on the internal API needs INTERNAL_TLS_CERT, INTERNAL_TLS_KEY "
+                "and INTERNAL_TLS_CA together"
+            )
+        scheme = "https" if all(tls) else "http"
         return cls(
             service=e.get("SERVICE_NAME", service),
             store=store,
@@ -79,11 +99,21 @@ class EngineSettings:
             advertised_url=e.get("ADVERTISED_URL", f"http://{host}:{port}"),
             max_batch_records=_int(e, "MAX_BATCH_RECORDS", 100_000, 1),
             max_body_bytes=_int(e, "MAX_BODY_BYTES", 64 * 1024, 256),
-            changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", -1, -1),
+            changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", 7 * 24 * 3600 * 1000, -1),
+            changelog_retention_bytes=_int(e, "CHANGELOG_RETENTION_BYTES", -1, -1),
+            changelog_segment_ms=_int(e, "CHANGELOG_SEGMENT_MS", 24 * 3600 * 1000, 1_000),
             tracing=tracing,
             log_level=e.get("LOG_LEVEL", "info").lower(),
             fault_delay_ms=_int(e, "BACKBONE_FAULT_DELAY_MS", 0, 0),
             host=e.get("NODE_HOST", ""),
             session_timeout_ms=_int(e, "SESSION_TIMEOUT_MS", 6_000, 1_000),
             acceptable_lag=_int(e, "ACCEPTABLE_LAG", 10_000, 0),
+            internal_port=internal_port,
+            internal_url=e.get("INTERNAL_URL", f"{scheme}://{host}:{internal_port}"),
+            internal_token=e.get("INTERNAL_TOKEN", ""),
+            tls_cert=e.get("INTERNAL_TLS_CERT", ""),
+            tls_key=e.get("INTERNAL_TLS_KEY", ""),
+            tls_ca=e.get("INTERNAL_TLS_CA", ""),
+            bootstrap_min_lag=_int(e, "BOOTSTRAP_MIN_LAG", 100_000, 0),
+            max_checkpoint_streams=_int(e, "MAX_CHECKPOINT_STREAMS", 2, 1),
         )

@@ -40,6 +40,18 @@ class Topics:
         return self.service
 
 
+def changelog_config(retention_ms: int, retention_bytes: int, segment_ms: int) -> dict[str, str]:
+    """Compacted, plus deletion of old segments unless both limits are -1 (infinite)."""
+    if retention_ms < 0 and retention_bytes < 0:
+        return {"cleanup.policy": "compact"}
+    return {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(retention_ms),
+        "retention.bytes": str(retention_bytes),
+        "segment.ms": str(segment_ms),
+    }
+
+
 async def ensure_topics(
     admin: AIOKafkaAdminClient,
     topics: Topics,

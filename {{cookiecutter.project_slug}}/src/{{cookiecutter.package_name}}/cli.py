@@ -4,12 +4,15 @@ import argparse
 import asyncio
 import sys
 
-import uvicorn
 from aiokafka import ConsumerRecord
 
 from backbone import dlq
+from backbone.bootstrap import NoSourceError, bootstrap_offline
+from backbone.internal_api import internal_app
 from backbone.observability import configure_logging
+from backbone.serve import serve
 from backbone.settings import SettingsError
+from backbone.store import StoreLockedError
 from backbone.topics import Topics
 
 from {{ cookiecutter.package_name }} import settings as service_settings
@@ -19,13 +22,17 @@ from {{ cookiecutter.package_name }}.app import create_app
 def _run(_: argparse.Namespace) -> int:
     settings = service_settings.load()
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
+    asyncio.run(serve(app, internal_app(app.state.engine), settings))
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    settings = service_settings.load()
+    configure_logging(settings.log_level)
+    manifest = asyncio.run(bootstrap_offline(settings, args.partition, args.source))
+    print(
+        f"installed partition {manifest.partition}: {manifest.total_bytes()} bytes, "
+        f"changelog offset {manifest.changelog_offset}; start the node to tail from there"
     )
     return 0
 
@@ -74,10 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--reason", help="only this dlq-reason, e.g. rejected, invalid_event")
     replay.add_argument("--dry-run", action="store_true", help="list, do not re-submit")
     replay.set_defaults(func=_dlq_replay)
+    boot = commands.add_parser(
+        "bootstrap", help="replace a stopped node's partition store by a peer's checkpoint"
+    )
+    boot.add_argument("--partition", type=int, required=True, help="partition to bootstrap")
+    boot.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="internal URL of the peer (default: the group's holders, same zone first)",
+    )
+    boot.set_defaults(func=_bootstrap)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (SettingsError, LookupError) as exc:
+    except (SettingsError, LookupError, ValueError, NoSourceError, StoreLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

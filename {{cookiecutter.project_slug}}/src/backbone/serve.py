@@ -1,0 +1,54 @@
+"""Run the public and the internal HTTP listeners in one process and one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from backbone.settings import EngineSettings
+
+
+class _Server(uvicorn.Server):
+    """Signals are handled once for both servers, in :func:`serve`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, log_level="warning", access_log=False, **extra
+    )
+
+
+async def serve(public: Any, internal: Any, settings: EngineSettings) -> None:
+    tls: dict[str, Any] = {}
+    if settings.tls_cert:
+        tls = {
+            "ssl_certfile": settings.tls_cert,
+            "ssl_keyfile": settings.tls_key,
+            "ssl_ca_certs": settings.tls_ca,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    front = _Server(_config(public, settings.http_host, settings.http_port))
+    back = _Server(
+        _config(internal, settings.http_host, settings.internal_port, lifespan="off", **tls)
+    )
+
+    def stop() -> None:
+        front.should_exit = back.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    tasks = {asyncio.create_task(front.serve()), asyncio.create_task(back.serve())}
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
