@@ -273,3 +273,21 @@ def test_one_trace_runs_from_the_http_request_to_the_handler(node_factory: NodeF
     assert post and post & handled, spans
     accepted = [json.loads(line) for line in log.splitlines() if '"event_accepted"' in line]
     assert accepted and f"0x{accepted[0]['trace_id']}" in post
+
+
+def test_checkpoints_need_the_internal_token(node_factory: NodeFactory) -> None:
+    node = node_factory(PARTITIONS="1").start()
+    node.wait_ready()
+    url = f"{node.internal_url}/internal/partitions/0/checkpoint"
+    assert httpx.get(url, timeout=10).status_code == 401
+    wrong = httpx.get(url, headers={"authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 403
+    elsewhere = f"{node.internal_url}/internal/partitions/7/checkpoint"
+    good = {"authorization": "Bearer test-internal-token"}
+    assert httpx.get(elsewhere, headers=good, timeout=10).status_code == 404
+    with httpx.stream("GET", url, headers=good, timeout=10) as response:
+        assert response.status_code == 200
+        first = next(response.iter_bytes())
+    assert b"MANIFEST.json" in first[:100]
+    public = httpx.get(f"{node.url}/internal/partitions/0/checkpoint", headers=good, timeout=10)
+    assert public.status_code == 404, "checkpoints must never be served on the public port"
