@@ -57,6 +57,7 @@ class BootstrapProgress:
             "bytes": self.received,
             "total_bytes": self.total,
             "percent": round(100.0 * self.received / self.total, 1) if self.total else None,
+            "seconds": round(elapsed, 3),
             "mb_per_s": round(rate / 1e6, 2),
             "eta_s": round((self.total - self.received) / rate, 1) if rate > 0 else None,
         }

@@ -40,6 +40,7 @@ class Progress:
             "target": self.target,
             "records": self.records,
             "bytes": self.bytes,
+            "seconds": round(elapsed, 3),
             "records_per_s": round(self.records / elapsed, 1),
         }
         if self.target is not None:

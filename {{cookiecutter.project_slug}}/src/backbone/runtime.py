@@ -263,11 +263,8 @@ class Engine(Generic[A]):
             self.consumer.pause(*tps)
         for p in sorted(partitions):
             self._restores[p] = asyncio.create_task(self._restore(p), name=f"restore-{p}")
-        for p in sorted(standbys):
-            try:
-                self.reader.tail(self.stores.open(p))
-            except Exception as exc:
-                log.error("standby_failed", partition=p, error=str(exc))
+        for p in sorted(standbys - self.reader.tailing - set(self._standby_tasks)):
+            self._standby_tasks[p] = asyncio.create_task(self._standby(p), name=f"standby-{p}")
         self.routing.refresh_soon()
         log.info(
             "partitions_assigned",
@@ -283,6 +280,7 @@ class Engine(Generic[A]):
         store = self.stores.open(partition)
         begin, end = await self.reader.bounds(partition)
         offset = store.meta().changelog_offset
+        log.info("store_checked", partition=partition, offset=offset, begin=begin, end=end)
         if offset < begin:
             reason = f"store at changelog offset {offset} is older than its first offset {begin}"
         elif end - offset > self.settings.bootstrap_min_lag:
