@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.devcluster import NodeProcess
+from backbone.store import PartitionStore
 
 from tests.conftest import NodeFactory
 
@@ -291,3 +292,32 @@ def test_checkpoints_need_the_internal_token(node_factory: NodeFactory) -> None:
     assert b"MANIFEST.json" in first[:100]
     public = httpx.get(f"{node.url}/internal/partitions/0/checkpoint", headers=good, timeout=10)
     assert public.status_code == 404, "checkpoints must never be served on the public port"
+
+
+def test_bootstrap_command_installs_a_peers_checkpoint(node_factory: NodeFactory) -> None:
+    peer = node_factory(PARTITIONS="1").start()
+    peer.wait_ready()
+    for i in range(20):
+        register(peer, f"b-{i}")
+    wait_for(state_with(peer, "b-19", version=1), what="the registrations")
+    target = node_factory("offline", PARTITIONS="1")  # never started: its data dir is empty
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "bootstrap"]
+    wrong = subprocess.run(
+        [*command, "--partition", "3"], env=target.env, capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "partition 3 does not exist" in wrong.stderr
+    done = subprocess.run(
+        [*command, "--partition", "0", "--from", peer.internal_url],
+        env=target.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "installed partition 0" in done.stdout
+    store = PartitionStore(target.data_dir / "{{ cookiecutter.aggregate_name }}" / "g0" / "0", 0)
+    try:
+        keys = {key for key, _ in store.items()}
+    finally:
+        store.close()
+    assert {f"b-{i}".encode() for i in range(20)} <= keys
