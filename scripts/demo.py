@@ -99,14 +99,24 @@ def main() -> int:
             print(f"    POST a bad event             -> {bad.status_code} {bad.json()['detail']}")
 
             owner = owner_of(nodes, "ada-1")
-            say(f"reading the aggregate from its owner {owner.name}")
+            say(f"reading the aggregate through node-0 (routed to its owner, {owner.name})")
 
             def applied() -> Any:
-                response = httpx.get(f"{owner.url}/customers/ada-1")
+                response = httpx.get(f"{nodes[0].url}/customers/ada-1")
                 body = response.json() if response.status_code == 200 else {}
                 return body if body.get("version") == len(events) else None
 
             print(json.dumps(wait_until(applied, 30, "the events to be applied"), indent=2))
+
+            say("the assignment: one active and one standby per partition, in different zones")
+            view = httpx.get(f"{nodes[0].url}/admin/assignment").json()["group"]
+            for p, replicas in sorted(view["partitions"].items(), key=lambda i: int(i[0])):
+                standbys = ", ".join(f"{r['node']} ({r['zone']})" for r in replicas["standbys"])
+                active = replicas["active"]
+                print(
+                    f"    p{p:>2}: active {active['node']} ({active['zone']}), standby {standbys}"
+                )
+            print(f"    unmet constraints: {view['unmet'] or 'none'}")
 
             say("listing silver customers from the SQL read model")
 

@@ -154,7 +154,7 @@ class Bootstrapper:
                     )
 
             manifest = await receive_checkpoint(
-                response.aiter_bytes(), target, self.staging_root, report, check
+                response.aiter_bytes(1 << 20), target, self.staging_root, report, check
             )
         log.info(
             "bootstrap_finished",
