@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,6 @@ def bake(workdir: Path, **context: str) -> Path:
     )
     sys.path.insert(0, str(project / "src"))
     return project
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def peak_rss_mb(pid: int) -> float:

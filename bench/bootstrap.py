@@ -22,7 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from _common import bake, machine, wait_until
+from backbone.devcluster import wait_until
+
+from _common import bake, machine
 
 SERVICE = "bench-bootstrap"
 TOKEN = "bench-token"
@@ -49,7 +51,7 @@ async def fill_changelog(bootstrap: str, aggregates: int) -> int:
     pending = []
     batch = producer.create_batch()
     for i in range(aggregates):
-        noise = base64.b64encode(os.urandom(300)).decode()
+        noise = base64.b64encode(os.urandom(420)).decode()
         state = Customer(
             id=f"c-{i}", name=f"Customer {i} {noise[:200]}", email=f"{noise[200:]}@example.com"
         )

@@ -20,7 +20,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from _common import bake, machine, wait_until
+from backbone.devcluster import wait_until
+
+from _common import bake, machine
 
 PARTITIONS = 6
 SERVICE = "bench-failover"

@@ -21,7 +21,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from _common import bake, machine, peak_rss_mb, wait_until
+from backbone.devcluster import wait_until
+
+from _common import bake, machine, peak_rss_mb
 
 PARTITIONS = 12
 SERVICE = "bench-throughput"

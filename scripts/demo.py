@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cookiecutter.main import cookiecutter
 
+from backbone.devcluster import wait_until
 from backbone.localkafka import LocalKafka
 from backbone.partitioning import partition_for
 
@@ -35,16 +35,6 @@ def owner_of(nodes: list[Any], aggregate_id: str) -> Any:
         if partition in status.get("active", []):
             return node
     raise RuntimeError(f"no node is active for partition {partition}")
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def main() -> int:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,6 @@ class Stored(msgspec.Struct):
     id: str
     lifetime_value_cents: int
     order_count: int
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def make_stream(keys: int, orders: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Reference]:

@@ -3,30 +3,18 @@
 import json
 import shutil
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from backbone.devcluster import NodeProcess
+from backbone.devcluster import NodeProcess, wait_until
 from backbone.localkafka import LocalKafka
 
 from {{ cookiecutter.package_name }}.settings import PARTITIONS, PLURAL
 
 WORK = Path(".demo").resolve()
 ZONES = [{% for zone in cookiecutter.zones.split(",") %}"{{ zone }}"{% if not loop.last %}, {% endif %}{% endfor %}]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def active_total(nodes: list[NodeProcess]) -> int:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.devcluster import NodeProcess
+from backbone.devcluster import wait_until as wait_for
 from backbone.store import PartitionStore
 
 from tests.conftest import NodeFactory
@@ -23,17 +24,6 @@ from tests.conftest import NodeFactory
 pytestmark = pytest.mark.kafka
 
 PLURAL = "{{ cookiecutter.aggregate_plural }}"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def post(node: NodeProcess, aggregate_id: str, event: dict[str, Any]) -> httpx.Response:

@@ -8,11 +8,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
+
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T], timeout: float = 60.0, what: str = "a condition", every: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def free_port() -> int:
