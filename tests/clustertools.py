@@ -14,10 +14,11 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from backbone.devcluster import NodeProcess
+from backbone.devcluster import NodeProcess, wait_until
 from backbone.store import PartitionStore
 
 INTERNAL_TOKEN = "test-internal-token"
+wait_for = wait_until
 Reference = dict[str, tuple[int, int]]
 
 
