@@ -71,12 +71,18 @@ class ChangelogReader:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
+        # Offset lookups wait behind the reader's long-poll fetches on a shared connection:
+        # a client of their own answers them at once (it speeds up failover).
+        self._lookup = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, client_id=f"{client_id}-offsets", group_id=None
+        )
         self._tasks: dict[int, _Task] = {}
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
+        await self._lookup.start()
         self._runner = asyncio.create_task(self._run(), name="changelog-reader")
 
     async def stop(self) -> None:
@@ -88,14 +94,15 @@ class ChangelogReader:
                 task.done.cancel()
         self._tasks.clear()
         await self._consumer.stop()
+        await self._lookup.stop()
 
     def progress(self) -> list[dict[str, object]]:
         return [t.progress.as_dict() for t in self._tasks.values() if t.done is not None]
 
     async def bounds(self, partition: int) -> tuple[int, int]:
         tp = TopicPartition(self.topic, partition)
-        begin = (await self._consumer.beginning_offsets([tp]))[tp]
-        end = (await self._consumer.end_offsets([tp]))[tp]
+        begin = (await self._lookup.beginning_offsets([tp]))[tp]
+        end = (await self._lookup.end_offsets([tp]))[tp]
         return begin, end
 
     async def restore(self, store: PartitionStore, allow_gap: bool = False) -> Progress:

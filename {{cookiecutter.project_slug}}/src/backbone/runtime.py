@@ -129,7 +129,8 @@ class Engine(Generic[A]):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
             session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 6, 100),
+            # Survivors learn of a rebalance at their next heartbeat: keep it short.
+            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 12, 100),
             partition_assignment_strategy=(self.assignor,),
         )
         self.reader = ChangelogReader(
