@@ -65,7 +65,7 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
                 raise HTTPException(
                     status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)
                 ) from exc
-            forwarded = await engine.forward_get(aggregate_id, request.url.path)
+            forwarded = await engine.forward_get(aggregate_id)
             if forwarded is None:
                 raise HTTPException(
                     status_code=HTTP_503_SERVICE_UNAVAILABLE,

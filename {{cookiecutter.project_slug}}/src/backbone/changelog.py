@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,6 +21,11 @@ PROGRESS_EVERY_S = 2.0
 
 class ChangelogMismatchError(RuntimeError):
     """The store's offsets cannot come from this changelog (it was recreated or truncated)."""
+
+
+class ChangelogGapError(RuntimeError):
+    """Retention deleted records a store still needed while it was reading: it must be
+    bootstrapped again rather than jump ahead (which would silently lose keys)."""
 
 
 @dataclass(slots=True)
@@ -60,14 +66,21 @@ class _Task:
 
 
 class ChangelogReader:
-    def __init__(self, bootstrap: str, topic: str, client_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        client_id: str,
+        on_gap: Callable[[int], None] = lambda _: None,
+    ) -> None:
         self.topic = topic
+        self.on_gap = on_gap
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             client_id=f"{client_id}-changelog",
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",  # never skip silently over deleted records
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
@@ -166,6 +179,23 @@ class ChangelogReader:
     def remove(self, partition: int) -> None:
         if self._tasks.pop(partition, None) is not None:
             self._reassign()
+
+    def _gap(self, positions: dict[TopicPartition, int]) -> None:
+        for tp, offset in positions.items():
+            task = self._tasks.pop(tp.partition, None)
+            if task is None:
+                continue
+            log.error("changelog_gap", partition=tp.partition, position=offset)
+            if task.done is not None and not task.done.done():
+                task.done.set_exception(
+                    ChangelogGapError(
+                        f"changelog records from offset {offset} of partition {tp.partition} "
+                        "were deleted while they were being read"
+                    )
+                )
+            elif task.done is None:
+                self.on_gap(tp.partition)
+        self._reassign()
 
     def _assign(self, partition: int, task: _Task) -> None:
         self._tasks[partition] = task

@@ -11,7 +11,7 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Response, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
@@ -83,8 +83,11 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             headers={MANIFEST_HEADER: str(manifest.changelog_offset)},
         )
 
-    @get("/internal/aggregates/{aggregate_id:str}")
-    async def aggregate(aggregate_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    @get(
+        "/internal/aggregates/{aggregate_id:str}",
+        guards=[_token_guard(engine.settings.internal_token)],
+    )
+    async def aggregate(aggregate_id: str) -> Response[bytes]:
         try:
             found = engine.get_local(aggregate_id)
         except NotOwnedError as exc:

@@ -156,9 +156,20 @@ class Projector(Generic[A]):
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         self._consumer.assign(tps)
         stored = await asyncio.to_thread(self.model.next_offsets, self.topic)
+        begins = await self._consumer.beginning_offsets(tps)
+        gaps = sorted(tp.partition for tp in tps if stored.get(tp.partition, 0) < begins[tp])
+        if gaps:
+            # Retention deleted changelog records this read model never saw: aggregates not
+            # changed since then are missing until they change again.
+            log.error(
+                "read_model_incomplete",
+                partitions=gaps,
+                remedy="use a shared READ_MODEL_URL that outlives nodes, or keep the changelog "
+                "complete (CHANGELOG_RETENTION_MS=-1) where every node projects into SQLite",
+            )
         for tp in tps:
             if tp.partition in stored:
-                self._consumer.seek(tp, stored[tp.partition])
+                self._consumer.seek(tp, max(stored[tp.partition], begins[tp]))
         self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:

@@ -19,7 +19,9 @@ from backbone.assignment.protocol import decode_member
 
 log = structlog.get_logger(__name__)
 
-REFRESH_EVERY_S = 2.0
+# Routes change with rebalances, which trigger a refresh; so does a forward that misses.
+# The periodic refresh is a safety net only: DescribeGroups grows with the group.
+REFRESH_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,5 +116,7 @@ class RoutingTable:
             except Exception as exc:
                 log.warning("routing_refresh_failed", error=str(exc))
             self._wake.clear()
+            # Mid-rebalance the description is incomplete: look again shortly.
+            pause = REFRESH_EVERY_S if self.routes.generation_state == "Stable" else 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), REFRESH_EVERY_S)
+                await asyncio.wait_for(self._wake.wait(), pause)

@@ -7,6 +7,7 @@ import shutil
 import ssl
 import time
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -134,7 +135,7 @@ class Engine(Generic[A]):
             partition_assignment_strategy=(self.assignor,),
         )
         self.reader = ChangelogReader(
-            self.settings.bootstrap_servers, self.topics.changelog, client_id
+            self.settings.bootstrap_servers, self.topics.changelog, client_id, self._on_gap
         )
         self.processor = Processor(
             self.consumer,
@@ -203,6 +204,12 @@ class Engine(Generic[A]):
         await self.consumer.start()
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         self._tasks.append(asyncio.create_task(self._process(), name="processor"))
+        if not self.settings.internal_token:
+            log.warning(
+                "internal_token_missing",
+                detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
+                "and queries for partitions owned elsewhere cannot be forwarded",
+            )
         log.info(
             "engine_started",
             service=self.settings.service,
@@ -294,9 +301,11 @@ class Engine(Generic[A]):
         try:
             await self.bootstrapper.bootstrap(partition, path, begin)
         except NoSourceError as exc:
-            if offset < begin:
+            gap = offset < begin
+            if gap:
                 shutil.rmtree(path, ignore_errors=True)  # a store with a gap is worse than none
-            complete = begin == 0
+            # Far behind but without a gap, the changelog still completes the store.
+            complete = not gap or begin == 0
             log.error(
                 "bootstrap_unavailable",
                 partition=partition,
@@ -323,6 +332,13 @@ class Engine(Generic[A]):
                 await asyncio.sleep(5 * RESTORE_RETRY_S)
         finally:
             self._standby_tasks.pop(partition, None)
+
+    def _on_gap(self, partition: int) -> None:
+        """A standby fell behind the changelog's start: bootstrap it again."""
+        if partition in self.standbys and partition not in self._standby_tasks:
+            self._standby_tasks[partition] = asyncio.create_task(
+                self._standby(partition), name=f"standby-{partition}"
+            )
 
     def held_store(self, partition: int) -> PartitionStore | None:
         """The store of a partition this node serves checkpoints of (active or standby)."""
@@ -405,19 +421,26 @@ class Engine(Generic[A]):
         offset, aggregate = self.applier.aggregates.decode(raw)
         return None if offset == NO_OFFSET else aggregate
 
-    async def forward_get(self, aggregate_id: str, path: str) -> tuple[int, bytes] | None:
+    async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
         """Ask the node that owns the key; None when no other node is known to own it."""
         owner = self.routing.owner(self.partition_of(aggregate_id))
-        if owner is None or owner.endpoint == self.settings.advertised_url:
+        if owner is None or owner.endpoint == self.settings.internal_url:
+            self.routing.refresh_soon()
             return None
         try:
             response = await self._http.get(
-                f"{owner.endpoint}/internal/aggregates/{aggregate_id}",
-                headers={"x-backbone-forwarded-by": self.settings.node_id},
+                f"{owner.endpoint}/internal/aggregates/{quote(aggregate_id, safe='')}",
+                headers={
+                    "authorization": f"Bearer {self.settings.internal_token}",
+                    "x-backbone-forwarded-by": self.settings.node_id,
+                },
             )
         except httpx.HTTPError as exc:
             log.warning("forward_failed", owner=owner.endpoint, error=str(exc))
+            self.routing.refresh_soon()
             return None
+        if response.status_code == 503:
+            self.routing.refresh_soon()  # the owner moved since the last refresh
         return response.status_code, response.content
 
     def assignment_view(self) -> dict[str, Any]:
@@ -482,6 +505,7 @@ class Engine(Generic[A]):
             "standby": sorted(self.standbys),
             "standby_lag": self.reader.standby_lag(),
             "restoring": restoring,
+            "bootstrapping": [p.as_dict() for p in self.bootstrapper.progress.values()],
             "processed": self.processor.processed,
             "dead_letters": self.processor.dead_letters,
             "failure": self.failure,
