@@ -38,7 +38,6 @@ class EngineSettings:
     zone: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    advertised_url: str = ""
     max_batch_records: int = 100_000
     max_body_bytes: int = 64 * 1024
     # Finite by default: recovery copies a peer's checkpoint, so the changelog only needs
@@ -96,7 +95,6 @@ class EngineSettings:
             zone=e.get("ZONE", e.get("KAFKA_CLIENT_RACK", "")),
             http_host=host,
             http_port=port,
-            advertised_url=e.get("ADVERTISED_URL", f"http://{host}:{port}"),
             max_batch_records=_int(e, "MAX_BATCH_RECORDS", 100_000, 1),
             max_body_bytes=_int(e, "MAX_BODY_BYTES", 64 * 1024, 256),
             changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", 7 * 24 * 3600 * 1000, -1),
