@@ -94,17 +94,26 @@ def produced(bootstrap: str, topic: str, partitions: int) -> int:
     return asyncio.run(_offsets(bootstrap, topic, partitions, None))
 
 
-def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    async def begins() -> dict[int, int]:
+def _bounds(bootstrap: str, topic: str, partitions: int, end: bool) -> dict[int, int]:
+    async def lookup() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
-            return {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
+            found = await (consumer.end_offsets(tps) if end else consumer.beginning_offsets(tps))
+            return {tp.partition: offset for tp, offset in found.items()}
         finally:
             await consumer.stop()
 
-    return asyncio.run(begins())
+    return asyncio.run(lookup())
+
+
+def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    return _bounds(bootstrap, topic, partitions, end=False)
+
+
+def changelog_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    return _bounds(bootstrap, topic, partitions, end=True)
 
 
 def status(node: NodeProcess) -> dict[str, Any]:

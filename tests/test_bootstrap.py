@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from backbone.devcluster import NodeProcess
 from clustertools import (
     INTERNAL_TOKEN,
     assignment,
+    changelog_ends,
     changelog_starts,
     check_replicas,
     create_topic,
@@ -111,4 +113,73 @@ def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
         if "node-1" in [r["active"]["node"]] + [s["node"] for s in r["standbys"]]
     }
     assert held, "the wiped node holds no partition"
+    check_replicas(final, nodes, reference)
+
+
+def test_a_standby_paused_past_retention_is_bootstrapped_again(
+    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A node frozen (SIGSTOP) while retention deletes what its standby still needed must
+    not skip ahead over the deleted records: it copies a checkpoint again (invariant 2)."""
+    project = bake()
+    service = f"pause-{random.Random().randrange(10**8)}"
+    topic = f"{service}.events"
+    changelog = f"{service}.customer-changelog"
+    partitions = 2
+    events, reference = make_stream(keys=500, orders=20_000, seed=6)
+    asyncio.run(create_topic(kafka_bootstrap, topic, partitions))
+    base = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "SERVICE_NAME": service,
+        "PARTITIONS": str(partitions),
+        "STANDBY_REPLICAS": "1",
+        "PYTHONPATH": str(project / "src"),
+        "READ_MODEL": "off",
+        "MAX_BATCH_RECORDS": "1000",
+        "INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "CHANGELOG_RETENTION_MS": "2000",
+        "CHANGELOG_SEGMENT_MS": "1000",
+    }
+
+    def node(i: int) -> NodeProcess:
+        return NodeProcess("customer_backbone", f"node-{i}", tmp_path, {**base, "ZONE": ZONES[i]})
+
+    nodes = [node(0).start(), node(1).start()]
+    producer = threading.Thread(
+        target=lambda: asyncio.run(
+            produce_over_time(kafka_bootstrap, topic, events, chunk=100, pause=0.2)
+        )
+    )
+    paused = nodes[1]
+    try:
+        for n in nodes:
+            n.wait_ready(timeout=90)
+        wait_for(lambda: settled(nodes, partitions, partitions), 60, "2 nodes to settle")
+        producer.start()
+        wait_for(lambda: produced(kafka_bootstrap, topic, partitions) > 2_000, 60, "input")
+        assert paused.proc is not None
+        paused.proc.send_signal(signal.SIGSTOP)
+        frozen_at = sum(changelog_ends(kafka_bootstrap, changelog, partitions).values())
+
+        def deleted_past_the_pause() -> bool:
+            starts = changelog_starts(kafka_bootstrap, changelog, partitions)
+            return sum(starts.values()) > frozen_at
+
+        wait_for(deleted_past_the_pause, 120, "retention to delete past the paused standby")
+        paused.proc.send_signal(signal.SIGCONT)
+        producer.join(timeout=300)
+        assert not producer.is_alive()
+        wait_for(lambda: lag(kafka_bootstrap, service, topic, partitions) == 0, 120, "all input")
+        wait_for(lambda: settled(nodes, partitions, partitions), 120, "the paused node to rejoin")
+        wait_for(lambda: standbys_caught_up(nodes), 60, "standbys to catch up")
+        final = assignment(nodes[0])["group"]["partitions"]
+    finally:
+        if paused.proc is not None and paused.alive():
+            paused.proc.send_signal(signal.SIGCONT)
+        if producer.is_alive():
+            producer.join(timeout=300)
+        for n in nodes:
+            n.stop()
+    log = paused.log_path.read_text()
+    assert '"bootstrap_finished"' in log, "the paused node did not copy a checkpoint again"
     check_replicas(final, nodes, reference)

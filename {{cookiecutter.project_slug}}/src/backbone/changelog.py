@@ -80,7 +80,7 @@ class ChangelogReader:
             client_id=f"{client_id}-changelog",
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="none",  # never skip silently over deleted records
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
@@ -180,6 +180,11 @@ class ChangelogReader:
         if self._tasks.pop(partition, None) is not None:
             self._reassign()
 
+    async def _deleted(self, tp: TopicPartition, position: int) -> bool:
+        """Whether ``position`` is below the log start: a hole, not compaction."""
+        begin = (await self._lookup.beginning_offsets([tp]))[tp]
+        return bool(begin > position)
+
     def _gap(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
             task = self._tasks.pop(tp.partition, None)
@@ -217,12 +222,20 @@ class ChangelogReader:
                 await self._wake.wait()
                 continue
             batches = await self._consumer.getmany(timeout_ms=200, max_records=WRITE_BATCH_RECORDS)
+            gaps: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
                 task = self._tasks.get(tp.partition)
                 if task is None or not records:
                     continue
                 fresh = [r for r in records if r.offset >= task.progress.position]
                 if not fresh:
+                    continue
+                if fresh[0].offset > task.progress.position and await self._deleted(
+                    tp, task.progress.position
+                ):
+                    # The consumer jumped over records retention deleted: applying the rest
+                    # would silently lose keys (invariant 2).
+                    gaps[tp] = task.progress.position
                     continue
                 task.store.write(
                     ((r.key, r.value) for r in fresh if r.key is not None),
@@ -231,6 +244,8 @@ class ChangelogReader:
                 task.progress.position = fresh[-1].offset + 1
                 task.progress.records += len(fresh)
                 task.progress.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in fresh)
+            if gaps:
+                self._gap(gaps)
             for partition, task in list(self._tasks.items()):
                 if task.done is None or task.progress.target is None or task.done.done():
                     continue

@@ -92,13 +92,19 @@ class Processor:
     ) -> None:
         results: list[BatchResult] = []
         spans = []
+        starts: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
             store = self.stores.get(tp.partition)
             if store is None or tp.partition not in self.ready or not records:
                 continue  # revoked or still restoring: the records are fetched again later
             spans.extend(self._spans(records))
             results.append(self.applier.apply(store, records))
+            starts[tp] = records[0].offset
         if not results:
+            return
+        if not await self._still_owner(starts):
+            for span in spans:
+                span.end()
             return
         try:
             changelog_ends = await asyncio.gather(*(self._publish(r) for r in results))
@@ -188,6 +194,24 @@ class Processor:
             )
         await asyncio.gather(*waits)
         return changelog_end
+
+    async def _still_owner(self, starts: dict[TopicPartition, int]) -> bool:
+        """Fence a zombie: a node that was frozen past its session (GC pause, SIGSTOP,
+        network partition) must not write the changelog of partitions now owned elsewhere.
+        Committing the offsets the batch starts from changes nothing, but the coordinator
+        refuses it from a member of an old generation."""
+        try:
+            await self.consumer.commit(starts)
+        except KafkaError as exc:
+            for tp, offset in starts.items():
+                self.consumer.seek(tp, offset)  # read again once membership is settled
+            log.warning(
+                "batch_deferred_membership_unconfirmed",
+                error=str(exc),
+                partitions=sorted(tp.partition for tp in starts),
+            )
+            return False
+        return True
 
     async def _commit(self, results: list[BatchResult]) -> None:
         offsets = {
