@@ -23,8 +23,13 @@ async def create_topic(bootstrap: str) -> list[int]:
     try:
         config = {"min.insync.replicas": "1"}
         await admin.create_topics([NewTopic(TOPIC, 1, 3, topic_configs=config)])
-        [described] = await admin.describe_topics([TOPIC])
-        return sorted(described["partitions"][0]["replicas"])
+        # The broker answering may not have the new topic's metadata yet: wait for it.
+        deadline = time.monotonic() + 30
+        while True:
+            [described] = await admin.describe_topics([TOPIC])
+            if described["partitions"] or time.monotonic() > deadline:
+                return sorted(described["partitions"][0]["replicas"])
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
