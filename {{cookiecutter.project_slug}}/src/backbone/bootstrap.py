@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -28,6 +29,8 @@ from backbone.topics import Topics
 log = structlog.get_logger(__name__)
 
 OFFSET_HEADER = "x-backbone-checkpoint-offset"
+TIMEOUT_S = 60.0
+CHUNK_BYTES = 1 << 20
 ROUNDS = 3
 ROUND_PAUSE_S = 1.0
 
@@ -63,18 +66,51 @@ class BootstrapProgress:
         }
 
 
+class _Download:
+    """One checkpoint download on http.client in worker threads: httpx's async streaming
+    moves a few hundred MB/s in pure Python, http.client several GB/s (bench/bootstrap.py)."""
+
+    def __init__(self, url: str, headers: dict[str, str], tls: ssl.SSLContext | None) -> None:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port
+        self._conn: HTTPConnection = (
+            HTTPSConnection(host, port, context=tls, timeout=TIMEOUT_S)
+            if parts.scheme == "https"
+            else HTTPConnection(host, port, timeout=TIMEOUT_S)
+        )
+        self._path = parts.path
+        self._headers = headers
+        self._response: HTTPResponse | None = None
+
+    async def open(self) -> HTTPResponse:
+        def request() -> HTTPResponse:
+            self._conn.request("GET", self._path, headers=self._headers)
+            return self._conn.getresponse()
+
+        self._response = await asyncio.to_thread(request)
+        return self._response
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        assert self._response is not None
+        while chunk := await asyncio.to_thread(self._response.read, CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Bootstrapper:
     def __init__(
         self,
         routing: RoutingTable,
-        http: httpx.AsyncClient,
+        tls: ssl.SSLContext | None,
         token: str,
         zone: str,
         self_url: str,
         staging_root: Path,
     ) -> None:
         self.routing = routing
-        self.http = http
+        self.tls = tls
         self.token = token
         self.zone = zone
         self.self_url = self_url
@@ -112,7 +148,7 @@ class Bootstrapper:
             for url in [source] if source else self.sources(partition):
                 try:
                     return await self._fetch(partition, url, target, changelog_begin)
-                except (httpx.HTTPError, UnsafeArchiveError, SourceError) as exc:
+                except (OSError, HTTPException, UnsafeArchiveError, SourceError) as exc:
                     failures.append(f"{url}: {exc}")
                     log.warning(
                         "bootstrap_source_failed", partition=partition, source=url, error=str(exc)
@@ -128,11 +164,13 @@ class Bootstrapper:
         headers = {"authorization": f"Bearer {self.token}"}
         endpoint = f"{url}/internal/partitions/{partition}/checkpoint"
         log.info("bootstrap_started", partition=partition, source=url)
-        async with self.http.stream("GET", endpoint, headers=headers, timeout=60.0) as response:
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")[:300]
-                raise SourceError(f"answered {response.status_code}: {body}")
-            offset = int(response.headers.get(OFFSET_HEADER, "-1"))
+        download = _Download(endpoint, headers, self.tls)
+        try:
+            response = await download.open()
+            if response.status != 200:
+                body = (await asyncio.to_thread(response.read, 300)).decode(errors="replace")
+                raise SourceError(f"answered {response.status}: {body}")
+            offset = int(response.getheader(OFFSET_HEADER, "-1"))
             if offset < begin:
                 # Invariant 3: records between the checkpoint and the changelog's start are gone.
                 raise SourceError(
@@ -154,14 +192,25 @@ class Bootstrapper:
                     )
 
             manifest = await receive_checkpoint(
-                response.aiter_bytes(1 << 20), target, self.staging_root, report, check
+                download.chunks(), target, self.staging_root, report, check
             )
+        finally:
+            download.close()
         log.info(
             "bootstrap_finished",
             changelog_offset=manifest.changelog_offset,
             **progress.as_dict(),
         )
         return manifest
+
+
+def client_tls(settings: EngineSettings) -> ssl.SSLContext | None:
+    """The client side of mutual TLS on the internal API, when it is configured."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
 
 
 async def bootstrap_offline(
@@ -183,22 +232,15 @@ async def bootstrap_offline(
         tp = TopicPartition(topics.changelog, partition)
         begin = (await consumer.beginning_offsets([tp]))[tp]
         await routing.refresh()
-        tls: dict[str, Any] = {}
-        if settings.tls_cert:
-            tls = {
-                "verify": ssl.create_default_context(cafile=settings.tls_ca),
-                "cert": (settings.tls_cert, settings.tls_key),
-            }
-        async with httpx.AsyncClient(**tls) as http:
-            bootstrapper = Bootstrapper(
-                routing,
-                http,
-                settings.internal_token,
-                settings.zone,
-                settings.internal_url,
-                settings.data_dir / "incoming",
-            )
-            return await bootstrapper.bootstrap(partition, stores.path(partition), begin, source)
+        bootstrapper = Bootstrapper(
+            routing,
+            client_tls(settings),
+            settings.internal_token,
+            settings.zone,
+            settings.internal_url,
+            settings.data_dir / "incoming",
+        )
+        return await bootstrapper.bootstrap(partition, stores.path(partition), begin, source)
     finally:
         await routing.stop()
         await consumer.stop()

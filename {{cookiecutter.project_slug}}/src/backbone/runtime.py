@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import ssl
 import time
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -19,7 +18,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from backbone.assignment import BackboneAssignor
-from backbone.bootstrap import Bootstrapper, NoSourceError
+from backbone.bootstrap import Bootstrapper, NoSourceError, client_tls
 from backbone.changelog import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
@@ -92,16 +91,11 @@ class Engine(Generic[A]):
             acceptable_lag=self.settings.acceptable_lag,
         )
         self.routing = RoutingTable(self.settings.bootstrap_servers, self.topics.group)
-        tls: dict[str, Any] = {}
-        if self.settings.tls_cert:
-            tls = {
-                "verify": ssl.create_default_context(cafile=self.settings.tls_ca),
-                "cert": (self.settings.tls_cert, self.settings.tls_key),
-            }
-        self._http = httpx.AsyncClient(timeout=10.0, **tls)
+        tls = client_tls(self.settings)
+        self._http = httpx.AsyncClient(timeout=10.0, verify=tls if tls else True)
         self.bootstrapper = Bootstrapper(
             self.routing,
-            self._http,
+            tls,
             self.settings.internal_token,
             self.settings.zone,
             self.settings.internal_url,
