@@ -104,7 +104,3 @@ class AggregateCodec(Generic[A]):
 
     def to_json(self, aggregate: A) -> bytes:
         return self._json.encode(aggregate)
-
-
-def offset_of(value: bytes) -> int:
-    return int(_OFFSET.unpack_from(value)[0])

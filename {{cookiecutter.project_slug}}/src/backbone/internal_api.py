@@ -23,10 +23,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Stream
 from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_UNAVAILABLE
 
+from backbone.bootstrap import OFFSET_HEADER
 from backbone.runtime import Engine, NotOwnedError
 from backbone.snapshot import stream_checkpoint
-
-MANIFEST_HEADER = "x-backbone-checkpoint-offset"
 
 
 def _token_guard(expected: str) -> Any:
@@ -80,7 +79,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         return Stream(
             body(),
             media_type="application/x-tar",
-            headers={MANIFEST_HEADER: str(manifest.changelog_offset)},
+            headers={OFFSET_HEADER: str(manifest.changelog_offset)},
         )
 
     @get(

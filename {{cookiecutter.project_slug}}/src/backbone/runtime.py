@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -68,7 +67,6 @@ class Engine(Generic[A]):
         self._restores: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._joined = False
-        self.started_at = time.time()
         self.failure: str | None = None
         self.producer: AIOKafkaProducer
         self.consumer: AIOKafkaConsumer

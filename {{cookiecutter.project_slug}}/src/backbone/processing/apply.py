@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -165,7 +165,3 @@ def dead_letter_headers(letter: DeadLetter, now_ms: int | None = None) -> list[t
         ("dlq-source-offset", str(record.offset).encode()),
         ("dlq-time-ms", str(stamp).encode()),
     ]
-
-
-def headers_dict(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
-    return {k: v.decode(errors="replace") for k, v in headers}
