@@ -121,9 +121,6 @@ def main() -> int:
             finally:
                 b.stop()
                 a.stop()
-                if os.environ.get("BENCH_KEEP_LOGS"):
-                    for n in (a, b):
-                        print(n.name, n.log_path.read_text()[-20000:], file=sys.stderr)
     state_bytes = int(boot["total_bytes"])
     result = {
         "aggregates": args.aggregates,

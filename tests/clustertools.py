@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,11 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from backbone.devcluster import NodeProcess, wait_until
+from backbone.devcluster import NodeProcess
 from backbone.store import PartitionStore
 
 INTERNAL_TOKEN = "test-internal-token"
-wait_for = wait_until
+ZONES = ["zone-a", "zone-b", "zone-c"]
 Reference = dict[str, tuple[int, int]]
 
 
@@ -94,26 +97,18 @@ def produced(bootstrap: str, topic: str, partitions: int) -> int:
     return asyncio.run(_offsets(bootstrap, topic, partitions, None))
 
 
-def _bounds(bootstrap: str, topic: str, partitions: int, end: bool) -> dict[int, int]:
+def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     async def lookup() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
-            found = await (consumer.end_offsets(tps) if end else consumer.beginning_offsets(tps))
+            found = await consumer.beginning_offsets(tps)
             return {tp.partition: offset for tp, offset in found.items()}
         finally:
             await consumer.stop()
 
     return asyncio.run(lookup())
-
-
-def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    return _bounds(bootstrap, topic, partitions, end=False)
-
-
-def changelog_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    return _bounds(bootstrap, topic, partitions, end=True)
 
 
 def status(node: NodeProcess) -> dict[str, Any]:
@@ -169,3 +164,60 @@ def check_replicas(final: dict[str, Any], nodes: list[NodeProcess], reference: R
     assert not wrong, (
         f"{len(wrong)} aggregates differ from the reference: {list(wrong.items())[:3]}"
     )
+
+
+@dataclass
+class Service:
+    """A baked service under test on the session's Kafka: its topics and its nodes."""
+
+    name: str
+    bootstrap: str
+    workdir: Path
+    partitions: int
+    env: dict[str, str]
+
+    @property
+    def topic(self) -> str:
+        return f"{self.name}.events"
+
+    @property
+    def changelog(self) -> str:
+        return f"{self.name}.customer-changelog"
+
+    def node(self, i: int) -> NodeProcess:
+        """Node ``i`` lives in zone ``i``; the same ``i`` again reuses its data dir."""
+        env = {**self.env, "ZONE": ZONES[i % len(ZONES)]}
+        return NodeProcess("customer_backbone", f"node-{i}", self.workdir, env)
+
+    def load(self, events: list[tuple[bytes, bytes]], chunk: int, pause: float) -> threading.Thread:
+        """A producer thread spreading ``events`` over time (its pause shapes the load; it
+        synchronises nothing)."""
+        return threading.Thread(
+            target=lambda: asyncio.run(
+                produce_over_time(self.bootstrap, self.topic, events, chunk, pause)
+            )
+        )
+
+    def lag(self) -> int:
+        return lag(self.bootstrap, self.name, self.topic, self.partitions)
+
+    def produced(self) -> int:
+        return produced(self.bootstrap, self.topic, self.partitions)
+
+
+def new_service(
+    kind: str, project: Path, bootstrap: str, workdir: Path, partitions: int, **settings: str
+) -> Service:
+    """A fresh service name (so topics and groups never collide) with its events topic."""
+    name = f"{kind}-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topic(bootstrap, f"{name}.events", partitions))
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SERVICE_NAME": name,
+        "PARTITIONS": str(partitions),
+        "PYTHONPATH": str(project / "src"),
+        "READ_MODEL": "off",
+        "INTERNAL_TOKEN": INTERNAL_TOKEN,
+        **settings,
+    }
+    return Service(name, bootstrap, workdir, partitions, env)

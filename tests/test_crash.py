@@ -8,28 +8,21 @@ changelog must equal them.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from backbone.codec import AggregateCodec
-from backbone.devcluster import NodeProcess
+from backbone.devcluster import NodeProcess, wait_until
 
 from clustertools import (
-    INTERNAL_TOKEN,
     Stored,
-    create_topic,
-    lag,
     make_stream,
-    produce_over_time,
+    new_service,
     read_store,
     status,
-    wait_for,
 )
 from conftest import Bake
 
@@ -50,41 +43,38 @@ def read_all(data_dir: Path) -> dict[bytes, bytes]:
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     bake: Bake, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    project = bake()
-    service = f"crash-{random.Random().randrange(10**8)}"
-    topic = f"{service}.events"
-    events, reference = make_stream(keys=10_000, orders=190_000, seed=SEED)  # 200k events
-    asyncio.run(create_topic(kafka_bootstrap, topic, PARTITIONS))
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "SERVICE_NAME": service,
-        "PARTITIONS": str(PARTITIONS),
-        "PYTHONPATH": str(project / "src"),
-        "READ_MODEL": "off",
-        "INTERNAL_TOKEN": INTERNAL_TOKEN,
-        "CHANGELOG_RETENTION_MS": "-1",  # one node, no peer: the changelog must stay whole
-        "MAX_BATCH_RECORDS": "5000",  # small batches: kills land between every step
+    service = new_service(
+        "crash",
+        bake(),
+        kafka_bootstrap,
+        tmp_path,
+        PARTITIONS,
+        CHANGELOG_RETENTION_MS="-1",  # one node, no peer: the changelog must stay whole
+        MAX_BATCH_RECORDS="5000",  # small batches: kills land between every step
         # Hold each batch between the changelog ack and the store write, so that some kills
         # land there: the store then restores from the changelog and must skip input it
         # has already applied (the per-aggregate fence).
-        "BACKBONE_FAULT_DELAY_MS": "150",
-    }
+        BACKBONE_FAULT_DELAY_MS="150",
+    )
+    events, reference = make_stream(keys=10_000, orders=190_000, seed=SEED)  # 200k events
 
     def node(name: str) -> NodeProcess:
-        return NodeProcess("customer_backbone", name, tmp_path, env)
+        return NodeProcess("customer_backbone", name, tmp_path, service.env)
 
-    producer = threading.Thread(
-        target=lambda: asyncio.run(
-            produce_over_time(kafka_bootstrap, topic, events, chunk=2_500, pause=0.15)
-        )
-    )
+    def progress() -> int:
+        """Events the node has committed so far."""
+        return service.produced() - service.lag()
+
+    producer = service.load(events, chunk=2_500, pause=0.15)
     current = node("victim").start()
     current.wait_ready(timeout=90)
     producer.start()
     rng = random.Random(SEED)
     try:
         for kill in range(KILLS):
-            time.sleep(rng.uniform(0.5, 2.5))  # the random moment of the crash
+            # The random moment of the crash: after a random number of further events.
+            target = progress() + rng.randint(2_000, 25_000)
+            wait_until(lambda t=target: progress() >= t, 120, f"{target} events processed")
             current.kill()
             if kill % 2:
                 shutil.rmtree(current.data_dir)  # a lost disk: rebuilt from the changelog
@@ -92,7 +82,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
             current.wait_ready(timeout=90)
         producer.join(timeout=300)
         assert not producer.is_alive(), "the producer did not finish"
-        wait_for(lambda: lag(kafka_bootstrap, service, topic, PARTITIONS) == 0, 300, "every event")
+        wait_until(lambda: service.lag() == 0, 300, "every event")
     finally:
         current.stop()
 
@@ -113,7 +103,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
             return bool(state.get("ready")) and len(state.get("active", [])) == PARTITIONS
 
         # The stopped victim is a static member: its partitions move after its session ends.
-        wait_for(owns_everything, 120, "the rebuilt node to restore every partition")
+        wait_until(owns_everything, 120, "the rebuilt node to restore every partition")
     finally:
         rebuilt.stop()
     assert read_all(rebuilt.data_dir) == local

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import ssl
 import subprocess
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backbone.devcluster import NodeProcess
-
-from clustertools import INTERNAL_TOKEN
+from clustertools import INTERNAL_TOKEN, new_service
 from conftest import Bake
 
 pytestmark = pytest.mark.kafka
@@ -78,26 +75,20 @@ def make_pki(directory: Path) -> None:
 def test_internal_api_requires_a_client_certificate_when_tls_is_configured(
     bake: Bake, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    project = bake()
     pki = tmp_path / "pki"
     pki.mkdir()
     make_pki(pki)
-    node = NodeProcess(
-        "customer_backbone",
-        "tls-node",
+    service = new_service(
+        "tls",
+        bake(),
+        kafka_bootstrap,
         tmp_path,
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "SERVICE_NAME": f"tls-{random.Random().randrange(10**8)}",
-            "PARTITIONS": "1",
-            "PYTHONPATH": str(project / "src"),
-            "READ_MODEL": "off",
-            "INTERNAL_TOKEN": INTERNAL_TOKEN,
-            "INTERNAL_TLS_CERT": str(pki / "node.pem"),
-            "INTERNAL_TLS_KEY": str(pki / "node.key"),
-            "INTERNAL_TLS_CA": str(pki / "ca.pem"),
-        },
-    ).start()
+        1,
+        INTERNAL_TLS_CERT=str(pki / "node.pem"),
+        INTERNAL_TLS_KEY=str(pki / "node.key"),
+        INTERNAL_TLS_CA=str(pki / "ca.pem"),
+    )
+    node = service.node(0).start()
     try:
         node.wait_ready(timeout=90)
         url = f"https://127.0.0.1:{node.internal_port}/internal/partitions/0/checkpoint"

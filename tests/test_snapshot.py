@@ -391,15 +391,18 @@ def test_error_in_the_source_stream_leaves_nothing(dirs: tuple[Path, Path]) -> N
 
 
 def test_cancelled_receive_leaves_nothing(dirs: tuple[Path, Path]) -> None:
+    asked_again = asyncio.Event()
+
     async def stalls() -> AsyncIterator[bytes]:
         yield good_tar()[:3000]
-        await asyncio.sleep(3600)
+        asked_again.set()  # the receiver wrote the first chunk and wants more
+        await asyncio.Event().wait()  # a peer that never sends again
 
     target, staging_root = dirs
 
     async def run() -> None:
         task = asyncio.create_task(receive_checkpoint(stalls(), target, staging_root))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(asked_again.wait(), 30)
         assert leftovers(staging_root)  # the sst is half written
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -453,12 +456,14 @@ def test_checkpoint_removed_when_consumer_is_cancelled(
     store: PartitionStore, tmp_path: Path
 ) -> None:
     async def cancelled_mid_read(chunks: CheckpointStream) -> None:
+        reading = asyncio.Event()
+
         async def read() -> None:
             async for _ in chunks:
-                pass
+                reading.set()
 
         task = asyncio.create_task(read())
-        await asyncio.sleep(0)  # the task runs until it awaits a file read in the generator
+        await asyncio.wait_for(reading.wait(), 30)  # cancel while the stream is mid-way
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
