@@ -6,6 +6,7 @@ set -euo pipefail
 cmd=${1:?usage: postgres.sh start|stop DIR [PORT]}
 dir=$(realpath -m "${2:?data directory}")
 port=${3:-55432}
+cd /  # the postgres user may not enter the caller's directory
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [[ -z "$bin" ]]; then
   echo "PostgreSQL is not installed: run 'apt-get install -y postgresql' (Debian)" >&2
