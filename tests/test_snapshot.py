@@ -8,7 +8,6 @@ a refused archive leaves nothing on disk.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import tarfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -17,9 +16,11 @@ from pathlib import Path
 import msgspec
 import pytest
 import rocksdict
+import xxhash
 
 from backbone.snapshot import (
     CheckpointStream,
+    Checksums,
     FileEntry,
     Manifest,
     ManifestError,
@@ -46,12 +47,17 @@ async def collect(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 def entry(name: str, data: bytes) -> FileEntry:
-    return FileEntry(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return FileEntry(name=name, size=len(data))
+
+
+def digest(data: bytes) -> str:
+    """Computed here with xxhash directly, independently of the engine's hashing code."""
+    return xxhash.xxh3_128(data).hexdigest()
 
 
 def manifest_of(files: dict[str, bytes], **overrides: object) -> Manifest:
     fields: dict[str, object] = {
-        "version": 1,
+        "version": 2,
         "partition": 3,
         "generation": 0,
         "changelog_offset": 10,
@@ -84,12 +90,25 @@ def manifest_member(manifest: Manifest | bytes) -> tuple[tarfile.TarInfo, bytes]
     return member("MANIFEST.json", body)
 
 
+def checksums_member(
+    files: dict[str, bytes] | bytes,
+) -> tuple[tarfile.TarInfo, bytes]:
+    if isinstance(files, bytes):
+        return member("CHECKSUMS.json", files)
+    body = msgspec.json.encode({"files": {name: digest(data) for name, data in files.items()}})
+    return member("CHECKSUMS.json", body)
+
+
 FILES = {"000009.sst": b"s" * 3000, "CURRENT": b"MANIFEST-000005\n", "000008.log": b""}
 GOOD = manifest_of(FILES)
 
 
 def good_tar() -> bytes:
-    return make_tar(manifest_member(GOOD), *(member(name, data) for name, data in FILES.items()))
+    return make_tar(
+        manifest_member(GOOD),
+        *(member(name, data) for name, data in FILES.items()),
+        checksums_member(FILES),
+    )
 
 
 def leftovers(*roots: Path) -> list[Path]:
@@ -140,15 +159,16 @@ def test_manifest_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"version": 2}, "unsupported manifest version 2"),
-        ({"version": "1"}, "not valid JSON with a version"),
+        ({"version": 1}, "unsupported manifest version 1"),
+        ({"version": "2"}, "not valid JSON with a version"),
         ({"partition": -1}, "partition is negative"),
-        ({"files": [{"name": "../x", "size": 1, "sha256": "0" * 64}]}, "parent directory"),
-        ({"files": [{"name": "a\u0000b", "size": 1, "sha256": "0" * 64}]}, "NUL"),
-        ({"files": [{"name": "x", "size": 1, "sha256": "nothex"}]}, "64 hex digits"),
-        ({"files": [{"name": "x", "size": -1, "sha256": "0" * 64}]}, "negative"),
-        ({"files": [{"name": "x", "size": 1, "sha256": "0" * 64}] * 2}, "twice"),
+        ({"files": [{"name": "../x", "size": 1}]}, "parent directory"),
+        ({"files": [{"name": "a\u0000b", "size": 1}]}, "NUL"),
+        ({"files": [{"name": "CHECKSUMS.json", "size": 1}]}, "reserved name"),
+        ({"files": [{"name": "x", "size": -1}]}, "negative"),
+        ({"files": [{"name": "x", "size": 1}] * 2}, "twice"),
         ({"files": "nope"}, "invalid manifest"),
+        ({"checksum": "sha256"}, "unsupported checksum 'sha256'"),
     ],
 )
 def test_manifest_rejects(change: dict[str, object], message: str) -> None:
@@ -172,8 +192,7 @@ def test_checkpoint_offsets_come_from_the_checkpoint(store: PartitionStore, tmp_
     assert manifest.partition == 3
     assert sorted(f.name for f in manifest.files) == sorted(p.name for p in directory.iterdir())
     for file in manifest.files:
-        data = (directory / file.name).read_bytes()
-        assert (len(data), hashlib.sha256(data).hexdigest()) == (file.size, file.sha256)
+        assert (directory / file.name).stat().st_size == file.size
 
 
 def test_offsets_are_read_from_the_checkpoint_not_the_live_store(
@@ -243,7 +262,11 @@ def test_archive_layout(store: PartitionStore, tmp_path: Path) -> None:
         members = tar.getmembers()
         assert members[0].name == "MANIFEST.json"
         assert Manifest.from_json(tar.extractfile(members[0]).read()) == manifest
-        assert [m.name for m in members[1:]] == [f.name for f in manifest.files]
+        assert [m.name for m in members[1:-1]] == [f.name for f in manifest.files]
+        assert members[-1].name == "CHECKSUMS.json"
+        sent = {m.name: digest(tar.extractfile(m).read()) for m in members[1:-1]}
+        checksums = Checksums.from_json(tar.extractfile(members[-1]).read(), manifest)
+        assert checksums.files == sent
         for info in members:
             assert info.isreg() and "/" not in info.name
             assert (info.mode, info.mtime, info.uid, info.gid) == (0o644, 0, 0, 0)
@@ -277,8 +300,15 @@ REST = [member("CURRENT", FILES["CURRENT"]), member("000008.log")]
 
 
 def unsafe_cases() -> Iterator[tuple[str, bytes, str]]:
-    def with_files(*files: tuple[tarfile.TarInfo, bytes], manifest: Manifest = GOOD) -> bytes:
-        return make_tar(manifest_member(manifest), *files)
+    def with_files(
+        *files: tuple[tarfile.TarInfo, bytes],
+        manifest: Manifest = GOOD,
+        checksums: dict[str, bytes] | bytes | None = FILES,
+    ) -> bytes:
+        trailer = [] if checksums is None else [checksums_member(checksums)]
+        return make_tar(manifest_member(manifest), *files, *trailer)
+
+    ALL = [member(name, data) for name, data in FILES.items()]
 
     def extra(name: str) -> Manifest:
         return manifest_of({**FILES, name: b"x"})
@@ -288,7 +318,7 @@ def unsafe_cases() -> Iterator[tuple[str, bytes, str]]:
     yield "subdir", with_files(member("a/x", b"x")), "contains '/'"
     yield "backslash", with_files(member("..\\x", b"x")), "backslash"
     yield "dotfile", with_files(member(".hidden", b"x")), "A-Za-z0-9"
-    yield "second manifest", with_files(manifest_member(GOOD)), "second MANIFEST.json"
+    yield "second manifest", with_files(manifest_member(GOOD)), "reserved name"
     yield (
         "symlink",
         with_files(member("000009.sst", kind=tarfile.SYMTYPE, linkname="/etc/passwd")),
@@ -327,7 +357,25 @@ def unsafe_cases() -> Iterator[tuple[str, bytes, str]]:
     )
     yield "duplicate", with_files(member("000009.sst", SST), member("000009.sst", SST)), "twice"
     yield "size", with_files(member("000009.sst", SST + b"!"), *REST), "3001 bytes.*says 3000"
-    yield "checksum", with_files(member("000009.sst", b"t" * 3000), *REST), "sha256"
+    yield (
+        "checksum",
+        with_files(member("000009.sst", b"t" * 3000), *REST),
+        "'000009.sst' has xxh3_128 .*CHECKSUMS.json says",
+    )
+    yield "no checksums", with_files(*ALL, checksums=None), "without CHECKSUMS.json"
+    yield (
+        "checksums of other files",
+        with_files(*ALL, checksums={**FILES, "000010.sst": b"x"}),
+        "CHECKSUMS.json names",
+    )
+    bad_digest = msgspec.json.encode({"files": {name: "0" * 64 for name in FILES}})
+    yield "digest length", with_files(*ALL, checksums=bad_digest), "not 32 hex digits"
+    yield "garbage checksums", with_files(*ALL, checksums=b"[1, 2"), "invalid CHECKSUMS.json"
+    yield (
+        "member after checksums",
+        make_tar(manifest_member(GOOD), *ALL, checksums_member(FILES), member("000010.sst")),
+        "goes on after CHECKSUMS.json",
+    )
     yield "missing file", with_files(member("000009.sst", SST), REST[0]), "without 000008.log"
     yield "empty stream", b"", "empty"
     yield "only end marker", bytes(1024), "empty"
@@ -368,7 +416,8 @@ def test_truncated_stream_is_refused_at_every_cut(dirs: tuple[Path, Path]) -> No
     data = good_tar()
     # The archive proper ends with the first end-of-archive block: tarfile pads past it.
     body = len(GOOD.to_json())
-    blocks = [body, *(len(data) for data in FILES.values())]
+    trailer = len(checksums_member(FILES)[1])
+    blocks = [body, *(len(data) for data in FILES.values()), trailer]
     end = sum(512 + -(-size // 512) * 512 for size in blocks) + 512
     assert data[end - 512 : end] == bytes(512) and data[end - 1024 : end - 512] != bytes(512)
     for cut in [*range(0, end, 97), end - 512, end - 1]:

@@ -91,9 +91,17 @@ class _Download:
         return self._response
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, read one chunk ahead: the socket is read while the last chunk is being
+        written to disk, on another core."""
         assert self._response is not None
-        while chunk := await asyncio.to_thread(self._response.read, CHUNK_BYTES):
-            yield chunk
+        read = self._response.read
+        ahead = asyncio.ensure_future(asyncio.to_thread(read, CHUNK_BYTES))
+        try:
+            while chunk := await ahead:
+                ahead = asyncio.ensure_future(asyncio.to_thread(read, CHUNK_BYTES))
+                yield chunk
+        finally:
+            ahead.cancel()
 
     def close(self) -> None:
         self._conn.close()

@@ -2,13 +2,16 @@
 
 The server side (``stream_checkpoint``) and the client side (``receive_checkpoint``) agree
 on one archive layout: ``MANIFEST.json`` first, then every checkpoint file as a flat
-regular file whose size and sha256 the manifest states.
+regular file whose size the manifest states, and last ``CHECKSUMS.json`` with the digest
+of each file, computed while it was sent.
 """
 
 from backbone.snapshot.archive import CheckpointStream, stream_checkpoint
 from backbone.snapshot.checkpoint import (
+    CHECKSUMS_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    Checksums,
     FileEntry,
     Manifest,
     ManifestError,
@@ -17,9 +20,11 @@ from backbone.snapshot.checkpoint import (
 from backbone.snapshot.install import UnsafeArchiveError, receive_checkpoint
 
 __all__ = [
+    "CHECKSUMS_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CheckpointStream",
+    "Checksums",
     "FileEntry",
     "Manifest",
     "ManifestError",

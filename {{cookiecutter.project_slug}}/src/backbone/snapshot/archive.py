@@ -13,8 +13,18 @@ import tarfile
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from backbone.snapshot.checkpoint import MANIFEST_NAME, Manifest, create_checkpoint
+import xxhash
+
+from backbone.snapshot.checkpoint import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    Checksums,
+    Manifest,
+    create_checkpoint,
+    file_hasher,
+)
 from backbone.store.partition_store import PartitionStore
 
 BLOCK = tarfile.BLOCKSIZE  # 512
@@ -37,6 +47,10 @@ def tar_header(name: str, size: int) -> bytes:
 
 def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
+
+
+def _member(name: str, body: bytes) -> bytes:
+    return tar_header(name, len(body)) + body + padding(len(body))
 
 
 class CheckpointStream(AsyncIterator[bytes]):
@@ -82,22 +96,32 @@ async def _tar_chunks(
     directory: Path, manifest: Manifest, chunk_size: int, remove: Callable[[], object]
 ) -> AsyncGenerator[bytes, None]:
     try:
-        body = manifest.to_json()
-        yield tar_header(MANIFEST_NAME, len(body)) + body + padding(len(body))
+        yield _member(MANIFEST_NAME, manifest.to_json())
+        digests: dict[str, str] = {}
         for entry in manifest.files:
             yield tar_header(entry.name, entry.size)
+            hasher = file_hasher()
             # Buffered file: its lock makes close() wait for a read still running in a
             # worker thread when the stream is cancelled mid-read.
             with (directory / entry.name).open("rb") as file:
                 remaining = entry.size
                 while remaining:
-                    data = await asyncio.to_thread(file.read, min(chunk_size, remaining))
+                    data = await asyncio.to_thread(
+                        _read_hashed, file, hasher, min(chunk_size, remaining)
+                    )
                     if not data:
                         raise RuntimeError(f"checkpoint file {entry.name} shrank while sent")
                     remaining -= len(data)
                     yield data
             yield padding(entry.size)
-        yield END_OF_ARCHIVE
+            digests[entry.name] = hasher.hexdigest()
+        yield _member(CHECKSUMS_NAME, Checksums(digests).to_json()) + END_OF_ARCHIVE
     finally:
         # Runs on exhaustion, error, aclose() and cancellation alike.
         remove()
+
+
+def _read_hashed(file: BinaryIO, hasher: xxhash.xxh3_128, size: int) -> bytes:
+    data = file.read(size)
+    hasher.update(data)
+    return data

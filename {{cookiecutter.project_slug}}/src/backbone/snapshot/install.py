@@ -1,8 +1,9 @@
 """Client side of cold bootstrap: receive a checkpoint tar from a peer and install it.
 
 The peer is not trusted (DESIGN.md invariant 6): every tar header is checked against the
-manifest before a byte of its member is written, every file is hashed as it is written,
-and nothing reaches ``target`` unless the whole archive checked out. The parser is our
+manifest before a byte of its member is written, every file is hashed as it is written and
+compared with the checksums that close the archive, and nothing reaches ``target`` unless
+the whole archive checked out. The parser is our
 own and accepts plain ustar regular files only, so no tar feature (links, devices, pax
 or GNU long-name headers, sparse files) can be turned against us.
 """
@@ -10,7 +11,7 @@ or GNU long-name headers, sparse files) can be turned against us.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import os
 import shutil
 import tarfile
@@ -18,10 +19,19 @@ import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from backbone.snapshot.checkpoint import MANIFEST_NAME, Manifest, ManifestError, name_problem
+from backbone.snapshot.checkpoint import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    Checksums,
+    Manifest,
+    ManifestError,
+    file_hasher,
+    name_problem,
+)
 
 BLOCK = tarfile.BLOCKSIZE
 MAX_MANIFEST_BYTES = 1 << 20
@@ -91,8 +101,8 @@ async def _receive(
     received = 0
     if on_progress is not None:
         on_progress(received, total)
-    seen: set[str] = set()
-    while (info := await _next_header(reader)) is not None:
+    digests: dict[str, str] = {}
+    while (info := await _next_header(reader)) is not None and info.name != CHECKSUMS_NAME:
         name = info.name
         _check_regular(info)
         problem = name_problem(name)
@@ -101,9 +111,8 @@ async def _receive(
         entry = expected.get(name)
         if entry is None:
             raise UnsafeArchiveError(f"member {name!r} is not listed in the manifest")
-        if name in seen:
+        if name in digests:
             raise UnsafeArchiveError(f"member {name!r} appears twice")
-        seen.add(name)
         if info.size != entry.size:
             raise UnsafeArchiveError(
                 f"member {name!r} is {info.size} bytes, the manifest says {entry.size}"
@@ -117,15 +126,22 @@ async def _receive(
             received += len(data)
             if on_progress is not None:
                 on_progress(received, total)
-        digest = await asyncio.to_thread(staging.finish)
-        if digest != entry.sha256:
-            raise UnsafeArchiveError(
-                f"member {name!r} has sha256 {digest}, the manifest says {entry.sha256}"
-            )
+        digests[name] = await asyncio.to_thread(staging.finish)
         await reader.read(-info.size % BLOCK, what=f"padding of {name!r}")
-    missing = sorted(expected.keys() - seen)
+    missing = sorted(expected.keys() - digests.keys())
     if missing:
         raise UnsafeArchiveError(f"archive ended without {', '.join(missing)}")
+    if info is None:
+        raise UnsafeArchiveError(f"archive ended without {CHECKSUMS_NAME}")
+    checksums = await _read_checksums(reader, info, manifest)
+    for name, digest in digests.items():
+        if digest != checksums.files[name]:
+            raise UnsafeArchiveError(
+                f"member {name!r} has {manifest.checksum} {digest}, "
+                f"{CHECKSUMS_NAME} says {checksums.files[name]}"
+            )
+    if await _next_header(reader) is not None:
+        raise UnsafeArchiveError(f"archive goes on after {CHECKSUMS_NAME}")
     if received != total:  # implied by the checks above; kept as the last word
         raise UnsafeArchiveError(f"received {received} bytes, the manifest says {total}")
     return manifest
@@ -137,17 +153,31 @@ async def _read_manifest(reader: _Reader) -> Manifest:
         raise UnsafeArchiveError(f"archive is empty: {MANIFEST_NAME} missing")
     if info.name != MANIFEST_NAME:
         raise UnsafeArchiveError(f"first member is {info.name!r}, not {MANIFEST_NAME}")
-    _check_regular(info)
-    if info.size > MAX_MANIFEST_BYTES:
-        raise UnsafeArchiveError(
-            f"{MANIFEST_NAME} is {info.size} bytes, more than {MAX_MANIFEST_BYTES}"
-        )
-    body = await reader.read(info.size, what=MANIFEST_NAME)
-    await reader.read(-info.size % BLOCK, what=f"padding of {MANIFEST_NAME}")
+    body = await _read_small(reader, info)
     try:
         return Manifest.from_json(body)
     except ManifestError as exc:
         raise UnsafeArchiveError(f"{MANIFEST_NAME}: {exc}") from exc
+
+
+async def _read_checksums(reader: _Reader, info: tarfile.TarInfo, manifest: Manifest) -> Checksums:
+    body = await _read_small(reader, info)
+    try:
+        return Checksums.from_json(body, manifest)
+    except ManifestError as exc:
+        raise UnsafeArchiveError(str(exc)) from exc
+
+
+async def _read_small(reader: _Reader, info: tarfile.TarInfo) -> bytes:
+    """The body of a JSON member, which is read into memory, so it is bounded."""
+    _check_regular(info)
+    if info.size > MAX_MANIFEST_BYTES:
+        raise UnsafeArchiveError(
+            f"{info.name} is {info.size} bytes, more than {MAX_MANIFEST_BYTES}"
+        )
+    body = await reader.read(info.size, what=info.name)
+    await reader.read(-info.size % BLOCK, what=f"padding of {info.name}")
+    return body
 
 
 async def _next_header(reader: _Reader) -> tarfile.TarInfo | None:
@@ -207,15 +237,18 @@ class _Staging:
 
     Its blocking methods run in worker threads; the lock lets ``discard()`` (called from
     the event loop on failure or cancellation) wait for a write still in flight instead of
-    racing it, so no file can appear after the directory is gone.
+    racing it, so no file can appear after the directory is gone. Finished files are
+    fsynced by one more thread while the next file arrives; ``publish()`` waits for them.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None
-        self._hash = hashlib.sha256()
+        self._hash = file_hasher()
         self._discarded = False
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-fsync")
+        self._synced: list[Future[None]] = []
 
     def create(self, name: str) -> None:
         with self._lock:
@@ -223,7 +256,7 @@ class _Staging:
             # O_EXCL and O_NOFOLLOW: never write through anything already there.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self._file = os.fdopen(os.open(self.path / name, flags, 0o644), "wb")
-            self._hash = hashlib.sha256()
+            self._hash = file_hasher()
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -233,20 +266,26 @@ class _Staging:
             self._hash.update(data)
 
     def finish(self) -> str:
-        """Close the current file durably and return its sha256."""
+        """Hand the current file to the fsync thread and return its digest."""
         with self._lock:
             self._check_open()
             assert self._file is not None
             self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._synced.append(self._syncer.submit(_sync_and_close, self._file))
             self._file = None
             return self._hash.hexdigest()
+
+    def _wait_synced(self) -> None:
+        """Every finished file closed; raises the first fsync error, if any."""
+        self._syncer.shutdown(wait=True)
+        for future in self._synced:
+            future.result()
 
     def publish(self, target: Path, staging_root: Path) -> None:
         """Rename the directory to ``target``; a previous target is removed afterwards."""
         with self._lock:
             self._check_open()
+            self._wait_synced()
             _fsync_dir(self.path)  # directory entries durable before the rename shows them
             target.parent.mkdir(parents=True, exist_ok=True)
             old = None
@@ -274,6 +313,8 @@ class _Staging:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            with contextlib.suppress(OSError):
+                self._wait_synced()
             shutil.rmtree(self.path, ignore_errors=True)
 
     def _check_open(self) -> None:
@@ -286,6 +327,13 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def _sync_and_close(file: BinaryIO) -> None:
+    try:
+        os.fsync(file.fileno())
+    finally:
+        file.close()
 
 
 def _fsync_dir(path: Path) -> None:
