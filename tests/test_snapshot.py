@@ -8,6 +8,7 @@ a refused archive leaves nothing on disk.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import tarfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -24,6 +25,7 @@ from backbone.snapshot import (
     FileEntry,
     Manifest,
     ManifestError,
+    NoSpaceError,
     UnsafeArchiveError,
     create_checkpoint,
     receive_checkpoint,
@@ -291,6 +293,16 @@ def test_check_manifest_refuses_before_any_file_is_received(dirs: tuple[Path, Pa
     with pytest.raises(UnsafeArchiveError, match="wanted 4"):
         receive(good_tar(), dirs, check_manifest=wrong_partition)
     assert leftovers(*dirs) == []
+
+
+def test_a_checkpoint_larger_than_the_free_disk_is_refused_up_front(
+    dirs: tuple[Path, Path],
+) -> None:
+    huge = dataclasses.replace(GOOD, files=(FileEntry(name="000009.sst", size=1 << 60),))
+    data = make_tar(manifest_member(huge), member("000009.sst", SST))
+    with pytest.raises(NoSpaceError, match=f"needs {1 << 60} bytes and only .* free"):
+        receive(data, dirs)
+    assert not dirs[0].exists() and leftovers(dirs[1]) == []
 
 
 # --- unsafe archives ----------------------------------------------------------------------

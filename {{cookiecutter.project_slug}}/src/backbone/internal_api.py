@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import structlog
 
 from litestar import Litestar, Response, get
 from litestar.connection import ASGIConnection
@@ -26,6 +29,8 @@ from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_U
 from backbone.bootstrap import OFFSET_HEADER
 from backbone.runtime import Engine, NotOwnedError
 from backbone.snapshot import stream_checkpoint
+
+log = structlog.get_logger(__name__)
 
 
 def _token_guard(expected: str) -> Any:
@@ -61,20 +66,37 @@ def internal_app(engine: Engine[Any]) -> Litestar:
                 detail="too many checkpoints streaming from this node: try another peer",
             )
         await streams.acquire()
+        started = time.monotonic()
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             manifest, chunks = await stream_checkpoint(store, workdir)
         except BaseException:
             streams.release()
             raise
+        log.info(
+            "checkpoint_serving",
+            partition=partition,
+            changelog_offset=manifest.changelog_offset,
+            files=len(manifest.files),
+            total_bytes=manifest.total_bytes(),
+            checkpoint_s=round(time.monotonic() - started, 3),
+        )
 
         async def body() -> AsyncIterator[bytes]:
+            complete = False
             try:
                 async for chunk in chunks:
                     yield chunk
+                complete = True
             finally:
                 await chunks.aclose()
                 streams.release()
+                log.info(
+                    "checkpoint_served",
+                    partition=partition,
+                    complete=complete,
+                    seconds=round(time.monotonic() - started, 3),
+                )
 
         return Stream(
             body(),

@@ -17,7 +17,7 @@ from backbone.snapshot.checkpoint import (
     ManifestError,
     create_checkpoint,
 )
-from backbone.snapshot.install import UnsafeArchiveError, receive_checkpoint
+from backbone.snapshot.install import NoSpaceError, UnsafeArchiveError, receive_checkpoint
 
 __all__ = [
     "CHECKSUMS_NAME",
@@ -28,6 +28,7 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "ManifestError",
+    "NoSpaceError",
     "UnsafeArchiveError",
     "create_checkpoint",
     "receive_checkpoint",

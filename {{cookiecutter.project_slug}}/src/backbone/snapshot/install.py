@@ -58,6 +58,10 @@ class UnsafeArchiveError(ValueError):
     """The archive from a peer failed a check; the message says which and where."""
 
 
+class NoSpaceError(OSError):
+    """The checkpoint would not fit on this node's disk."""
+
+
 async def receive_checkpoint(
     chunks: AsyncIterator[bytes],
     target: Path,
@@ -98,6 +102,12 @@ async def _receive(
         check_manifest(manifest)
     expected = {entry.name: entry for entry in manifest.files}
     total = manifest.total_bytes()
+    free = shutil.disk_usage(staging.path).free
+    if total > free:
+        raise NoSpaceError(
+            f"the checkpoint of partition {manifest.partition} needs {total} bytes and only "
+            f"{free} are free under {staging.path.parent}: free disk space or grow the volume"
+        )
     received = 0
     if on_progress is not None:
         on_progress(received, total)
