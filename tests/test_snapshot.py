@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import io
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import rocksdict
 import xxhash
 
+from backbone.devcluster import wait_until
 from backbone.snapshot import (
     CheckpointStream,
     Checksums,
@@ -38,10 +40,27 @@ from backbone.store import Meta, PartitionStore
 # --- helpers ---------------------------------------------------------------------------
 
 
-async def feed(data: bytes, size: int = 700) -> AsyncIterator[bytes]:
-    """``data`` in chunks of an awkward size, so headers straddle chunk boundaries."""
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
+class Trickle:
+    """A source that hands out ``data`` in pieces of an awkward size, so headers straddle
+    reads; at the end it calls ``then`` (which may block or raise) before reporting EOF."""
+
+    def __init__(
+        self, data: bytes, size: int = 700, then: Callable[[], None] | None = None
+    ) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._size = size
+        self._then = then
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._pos == len(self._data):
+            if self._then is not None:
+                self._then()
+            return 0
+        n = min(len(buffer), self._size, len(self._data) - self._pos)
+        buffer[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
 
 async def collect(chunks: AsyncIterator[bytes]) -> bytes:
@@ -125,7 +144,7 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def receive(data: bytes, dirs: tuple[Path, Path], **kwargs: object) -> Manifest:
     target, staging_root = dirs
-    return asyncio.run(receive_checkpoint(feed(data), target, staging_root, **kwargs))
+    return asyncio.run(receive_checkpoint(Trickle(data), target, staging_root, **kwargs))
 
 
 @pytest.fixture
@@ -235,7 +254,10 @@ def test_round_trip_installs_the_state_as_of_the_checkpoint(
             input_offset=8000,
         )
         installed = await receive_checkpoint(
-            chunks, target, staging_root, lambda r, t: progress.append((r, t))
+            io.BytesIO(await collect(chunks)),
+            target,
+            staging_root,
+            lambda r, t: progress.append((r, t)),
         )
         assert installed == manifest
         return manifest
@@ -257,7 +279,9 @@ def test_round_trip_installs_the_state_as_of_the_checkpoint(
 def test_archive_layout(store: PartitionStore, tmp_path: Path) -> None:
     async def run() -> tuple[Manifest, bytes]:
         manifest, chunks = await stream_checkpoint(store, tmp_path / "work")
-        return manifest, await collect(chunks)
+        data = await collect(chunks)
+        assert len(data) == chunks.size
+        return manifest, data
 
     manifest, data = asyncio.run(run())
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -440,34 +464,41 @@ def test_truncated_stream_is_refused_at_every_cut(dirs: tuple[Path, Path]) -> No
 
 
 def test_error_in_the_source_stream_leaves_nothing(dirs: tuple[Path, Path]) -> None:
-    async def failing() -> AsyncIterator[bytes]:
-        data = good_tar()
-        yield data[:3000]
+    def peer_goes_away() -> None:
         raise ConnectionResetError("peer went away")
 
     target, staging_root = dirs
+    source = Trickle(good_tar()[:3000], then=peer_goes_away)
     with pytest.raises(ConnectionResetError):
-        asyncio.run(receive_checkpoint(failing(), target, staging_root))
+        asyncio.run(receive_checkpoint(source, target, staging_root))
     assert not target.exists() and leftovers(staging_root) == []
 
 
 def test_cancelled_receive_leaves_nothing(dirs: tuple[Path, Path]) -> None:
-    asked_again = asyncio.Event()
+    asked_again = threading.Event()
+    closed = threading.Event()
 
-    async def stalls() -> AsyncIterator[bytes]:
-        yield good_tar()[:3000]
-        asked_again.set()  # the receiver wrote the first chunk and wants more
-        await asyncio.Event().wait()  # a peer that never sends again
+    def stalls() -> None:
+        asked_again.set()  # the receiver took the first 3000 bytes and wants more
+        closed.wait(30)  # a peer that sends nothing more until the connection is closed
+        raise ConnectionAbortedError("closed")
 
     target, staging_root = dirs
+    source = Trickle(good_tar()[:3000], then=stalls)
 
     async def run() -> None:
-        task = asyncio.create_task(receive_checkpoint(stalls(), target, staging_root))
-        await asyncio.wait_for(asked_again.wait(), 30)
-        assert leftovers(staging_root)  # the sst is half written
+        task = asyncio.create_task(receive_checkpoint(source, target, staging_root))
+        assert await asyncio.to_thread(asked_again.wait, 30)
+
+        def half_written() -> list[str]:  # the writer thread creates the file
+            return [p.name for p in leftovers(staging_root) if p.is_file()]
+
+        assert await asyncio.to_thread(wait_until, half_written, 30) == ["000009.sst"]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert not target.exists() and leftovers(staging_root) == []
+        closed.set()  # as the bootstrapper closes the connection: the reader thread ends
 
     asyncio.run(run())
     assert not target.exists() and leftovers(staging_root) == []

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-
 from litestar import Litestar, Response, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -101,7 +100,10 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         return Stream(
             body(),
             media_type="application/x-tar",
-            headers={OFFSET_HEADER: str(manifest.changelog_offset)},
+            headers={
+                OFFSET_HEADER: str(manifest.changelog_offset),
+                "content-length": str(chunks.size),
+            },
         )
 
     @get(

@@ -53,6 +53,14 @@ def _member(name: str, body: bytes) -> bytes:
     return tar_header(name, len(body)) + body + padding(len(body))
 
 
+def archive_size(manifest: Manifest) -> int:
+    """The archive's exact length: the digests are fixed-width, so the checksums member's
+    length is known before a file is read."""
+    placeholder = Checksums({entry.name: "0" * 32 for entry in manifest.files}).to_json()
+    members = [len(manifest.to_json()), *(entry.size for entry in manifest.files), len(placeholder)]
+    return sum(BLOCK + size + -size % BLOCK for size in members) + len(END_OF_ARCHIVE)
+
+
 class CheckpointStream(AsyncIterator[bytes]):
     """The tar bytes of one checkpoint; removes the checkpoint directory when it ends.
 
@@ -63,6 +71,7 @@ class CheckpointStream(AsyncIterator[bytes]):
 
     def __init__(self, directory: Path, manifest: Manifest, chunk_size: int) -> None:
         self.directory = directory
+        self.size = archive_size(manifest)  # known up front: sent as Content-Length
         self._remove = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
         self._chunks = _tar_chunks(directory, manifest, chunk_size, self._remove)
 
