@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from backbone.devcluster import NodeProcess
 from backbone.store import PartitionStore
@@ -109,6 +109,26 @@ def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, i
             await consumer.stop()
 
     return asyncio.run(lookup())
+
+
+def truncate_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Delete every record of every partition, as retention would; returns the new starts."""
+
+    async def delete() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await consumer.start()
+        await admin.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(tps)
+            done = await admin.delete_records({tp: RecordsToDelete(ends[tp]) for tp in tps})
+            return {tp.partition: offset for tp, offset in done.items()}
+        finally:
+            await admin.close()
+            await consumer.stop()
+
+    return asyncio.run(delete())
 
 
 def status(node: NodeProcess) -> dict[str, Any]:

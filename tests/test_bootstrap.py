@@ -7,7 +7,10 @@ At the end no event is lost or applied twice and its stores equal the actives'.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import httpx
@@ -21,8 +24,11 @@ from clustertools import (
     check_replicas,
     make_stream,
     new_service,
+    produce_over_time,
     settled,
     standbys_caught_up,
+    status,
+    truncate_changelog,
 )
 from conftest import Bake
 
@@ -91,4 +97,58 @@ def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
         if "node-1" in [r["active"]["node"]] + [s["node"] for s in r["standbys"]]
     }
     assert held, "the wiped node holds no partition"
+    check_replicas(final, nodes, reference)
+
+
+def test_a_standby_left_behind_by_retention_bootstraps_again(
+    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A running standby whose next changelog records were deleted before it read them must
+    not skip ahead: it reports the gap and copies a checkpoint again. Node 1 is frozen while
+    the changelog moves on and is truncated, then thawed before its session ends."""
+    service = new_service(
+        "gap",
+        bake(),
+        kafka_bootstrap,
+        tmp_path,
+        1,
+        STANDBY_REPLICAS="1",
+        MAX_BATCH_RECORDS="500",
+        SESSION_TIMEOUT_MS="60000",  # the freeze must not cost node 1 its membership
+    )
+    events, reference = make_stream(keys=300, orders=4_000, seed=11)
+    nodes = [service.node(i).start() for i in range(2)]
+    try:
+        for n in nodes:
+            n.wait_ready(timeout=90)
+        view = wait_until(lambda: settled(nodes, 1, 1), 60, "2 nodes to settle")
+        [active] = [n for n in nodes if n.name == view["partitions"]["0"]["active"]["node"]]
+        [standby] = [n for n in nodes if n is not active]
+        asyncio.run(produce_over_time(kafka_bootstrap, service.topic, events[:2000], 500, 0))
+        wait_until(lambda: service.lag() == 0, 60, "the first half")
+        wait_until(lambda: standbys_caught_up(nodes), 60, "the standby to catch up")
+
+        assert standby.proc is not None
+        os.kill(standby.proc.pid, signal.SIGSTOP)
+        try:
+            asyncio.run(produce_over_time(kafka_bootstrap, service.topic, events[2000:], 500, 0))
+            wait_until(lambda: service.lag() == 0, 60, "the second half")
+            starts = truncate_changelog(kafka_bootstrap, service.changelog, 1)
+            assert starts[0] > 0
+        finally:
+            os.kill(standby.proc.pid, signal.SIGCONT)
+
+        def bootstrapped_again() -> bool:
+            # No record follows the truncation: the standby must notice the gap all the same.
+            log = standby.log_path.read_text()
+            gap = log.find('"changelog_gap"')
+            lag = status(standby).get("standby_lag", {})
+            return gap >= 0 and '"bootstrap_finished"' in log[gap:] and lag.get("0") == 0
+
+        wait_until(bootstrapped_again, 90, "the standby to bootstrap again and catch up")
+        final = assignment(active)["group"]["partitions"]
+    finally:
+        for n in nodes:
+            n.stop()
+    assert final["0"]["active"]["node"] == active.name, "the group rebalanced: test is void"
     check_replicas(final, nodes, reference)

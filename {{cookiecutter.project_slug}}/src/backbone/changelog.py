@@ -185,6 +185,23 @@ class ChangelogReader:
         begin = (await self._lookup.beginning_offsets([tp]))[tp]
         return bool(begin > position)
 
+    async def _find_silent_jumps(self, gaps: dict[TopicPartition, int]) -> None:
+        """A consumer reset past deleted records, with nothing after them yet, moves its
+        position without returning a record: without this check such a store would sit
+        short of those records, looking merely behind, until the next write."""
+        assigned = self._consumer.assignment()
+        for partition, task in self._tasks.items():
+            tp = TopicPartition(self.topic, partition)
+            if tp in gaps or tp not in assigned:
+                continue
+            position = await self._consumer.position(tp)
+            if position <= task.progress.position:
+                continue
+            if await self._deleted(tp, task.progress.position):
+                gaps[tp] = task.progress.position
+            else:  # records compacted away: nothing is missing
+                task.progress.position = position
+
     def _gap(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
             task = self._tasks.pop(tp.partition, None)
@@ -244,6 +261,7 @@ class ChangelogReader:
                 task.progress.position = fresh[-1].offset + 1
                 task.progress.records += len(fresh)
                 task.progress.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in fresh)
+            await self._find_silent_jumps(gaps)
             if gaps:
                 self._gap(gaps)
             for partition, task in list(self._tasks.items()):
