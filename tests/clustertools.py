@@ -131,6 +131,33 @@ def truncate_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int,
     return asyncio.run(delete())
 
 
+def last_records(bootstrap: str, topic: str, partitions: int) -> dict[int, dict[bytes, bytes]]:
+    """Per partition, the last value of every key: what compaction would keep."""
+
+    async def read() -> dict[int, dict[bytes, bytes]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            last: dict[int, dict[bytes, bytes]] = {p: {} for p in range(partitions)}
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+            while await behind():
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    for r in records:
+                        if r.key:  # not a claim
+                            last[tp.partition][r.key] = r.value
+            return last
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
 def status(node: NodeProcess) -> dict[str, Any]:
     return (node.status() or {}) if node.alive() else {}
 
@@ -204,9 +231,9 @@ class Service:
     def changelog(self) -> str:
         return f"{self.name}.customer-changelog"
 
-    def node(self, i: int) -> NodeProcess:
+    def node(self, i: int, **extra: str) -> NodeProcess:
         """Node ``i`` lives in zone ``i``; the same ``i`` again reuses its data dir."""
-        env = {**self.env, "ZONE": ZONES[i % len(ZONES)]}
+        env = {**self.env, "ZONE": ZONES[i % len(ZONES)], **extra}
         return NodeProcess("customer_backbone", f"node-{i}", self.workdir, env)
 
     def load(self, events: list[tuple[bytes, bytes]], chunk: int, pause: float) -> threading.Thread:

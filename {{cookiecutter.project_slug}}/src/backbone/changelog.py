@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from backbone.fencing import EpochFilter
 from backbone.store import PartitionStore
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,9 @@ class ChangelogGapError(RuntimeError):
     bootstrapped again rather than jump ahead (which would silently lose keys)."""
 
 
+_Keys = set[bytes]  # spelled outside Progress, whose ``bytes`` field shadows the type
+
+
 @dataclass(slots=True)
 class Progress:
     partition: int
@@ -37,6 +41,8 @@ class Progress:
     records: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Keys of records a zombie wrote, which the restore skipped (backbone.fencing).
+    stale: _Keys = field(default_factory=set)
 
     def as_dict(self) -> dict[str, object]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -63,6 +69,7 @@ class _Task:
     store: PartitionStore
     progress: Progress
     done: asyncio.Future[Progress] | None
+    epochs: EpochFilter
 
 
 class ChangelogReader:
@@ -87,9 +94,13 @@ class ChangelogReader:
         # Offset lookups wait behind the reader's long-poll fetches on a shared connection:
         # a client of their own answers them at once (it speeds up failover).
         self._lookup = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, client_id=f"{client_id}-offsets", group_id=None
+            bootstrap_servers=bootstrap,
+            client_id=f"{client_id}-offsets",
+            group_id=None,
+            auto_offset_reset="earliest",
         )
         self._tasks: dict[int, _Task] = {}
+        self._ranges = asyncio.Lock()  # read_range() assigns the lookup client
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
@@ -117,6 +128,35 @@ class ChangelogReader:
         begin = (await self._lookup.beginning_offsets([tp]))[tp]
         end = (await self._lookup.end_offsets([tp]))[tp]
         return begin, end
+
+    async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        ends = await self._lookup.end_offsets(tps) if tps else {}
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def read_range(
+        self, partition: int, start: int, end: int, timeout_s: float = 30.0
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records of ``[start, end)`` that still exist (an active inspecting records
+        it did not write)."""
+        tp = TopicPartition(self.topic, partition)
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        async with self._ranges:
+            self._lookup.assign([tp])
+            self._lookup.seek(tp, start)
+            deadline = time.monotonic() + timeout_s
+            try:
+                while await self._lookup.position(tp) < end:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"reading {self.topic}[{partition}] {start}..{end} took over "
+                            f"{timeout_s}s"
+                        )
+                    batches = await self._lookup.getmany(tp, timeout_ms=500)
+                    found.extend(r for r in batches.get(tp, []) if r.offset < end)
+            finally:
+                self._lookup.assign([])
+        return found
 
     async def restore(self, store: PartitionStore, allow_gap: bool = False) -> Progress:
         """Bring ``store`` up to the changelog's current end; returns when it is there.
@@ -146,7 +186,9 @@ class ChangelogReader:
             return progress
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Progress] = loop.create_future()
-        self._assign(partition, _Task(store, progress, done))
+        self._assign(
+            partition, _Task(store, progress, done, EpochFilter(store.meta().writer_epoch))
+        )
         log.info("restore_started", partition=partition, start=start, target=end)
         try:
             return await done
@@ -158,8 +200,10 @@ class ChangelogReader:
         partition = store.partition
         if partition in self._tasks and self._tasks[partition].done is None:
             return
-        start = store.meta().changelog_offset
-        self._assign(partition, _Task(store, Progress(partition, start, None, start), None))
+        meta = store.meta()
+        start = meta.changelog_offset
+        progress = Progress(partition, start, None, start)
+        self._assign(partition, _Task(store, progress, None, EpochFilter(meta.writer_epoch)))
         log.info("standby_tailing", partition=partition, start=start)
 
     def standby_lag(self) -> dict[int, int | None]:
@@ -254,10 +298,20 @@ class ChangelogReader:
                     # would silently lose keys (invariant 2).
                     gaps[tp] = task.progress.position
                     continue
+                stale = len(task.epochs.stale)
+                admitted = [r for r in fresh if task.epochs.admit(r)]
                 task.store.write(
-                    ((r.key, r.value) for r in fresh if r.key is not None),
+                    ((r.key, r.value) for r in admitted if r.key is not None),
                     changelog_offset=fresh[-1].offset + 1,
+                    writer_epoch=task.epochs.epoch,
                 )
+                if len(task.epochs.stale) > stale:
+                    log.warning(
+                        "stale_changelog_records_skipped",
+                        partition=tp.partition,
+                        keys=len(task.epochs.stale) - stale,
+                        epoch=task.epochs.epoch,
+                    )
                 task.progress.position = fresh[-1].offset + 1
                 task.progress.records += len(fresh)
                 task.progress.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in fresh)
@@ -274,6 +328,7 @@ class ChangelogReader:
                 task.progress.position = max(task.progress.position, position)
                 if position >= task.progress.target:
                     log.info("restore_finished", **task.progress.as_dict())
+                    task.progress.stale = task.epochs.stale
                     task.done.set_result(task.progress)
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()

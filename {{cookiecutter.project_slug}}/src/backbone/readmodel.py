@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.dialects import postgresql, sqlite
 
 from backbone.codec import AggregateCodec
+from backbone.fencing import EpochFilter
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
@@ -173,10 +174,14 @@ class Projector(Generic[A]):
         self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        # In memory only: after a restart a zombie's record may be projected once more, and
+        # the owner's later record of the same key (backbone.fencing) puts it right.
+        epochs = {p: EpochFilter(0) for p in range(self.partitions)}
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
             for tp, records in batches.items():
-                rows = [(r.key, r.value, r.offset) for r in records if r.key is not None]
+                admit = epochs[tp.partition].admit
+                rows = [(r.key, r.value, r.offset) for r in records if admit(r) and r.key]
                 if rows:
                     self.rows += await asyncio.to_thread(
                         self.model.apply, self.topic, tp.partition, rows

@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("backbone.runtime")
 
 RESTORE_RETRY_S = 2.0
+CLAIM_ATTEMPTS = 5
 
 
 class NotOwnedError(LookupError):
@@ -135,8 +136,11 @@ class Engine(Generic[A]):
             self.stores,
             self.applier,
             self.topics,
+            self.reader,
             self.settings.max_batch_records,
-            self.settings.fault_delay_ms / 1000,
+            on_fenced=self._on_fenced,
+            fault_delay_s=self.settings.fault_delay_ms / 1000,
+            fault_stall_s=self.settings.fault_stall_ms / 1000,
         )
 
     def _register_metrics(self) -> None:
@@ -325,6 +329,14 @@ class Engine(Generic[A]):
         finally:
             self._standby_tasks.pop(partition, None)
 
+    def _on_fenced(self, partition: int) -> None:
+        """Another node claimed an active partition of this one: restore and claim again
+        while the group gives it here (a rebalance that moves it cancels this)."""
+        if partition in self.assigned and partition not in self._restores:
+            self._restores[partition] = asyncio.create_task(
+                self._restore(partition), name=f"restore-{partition}"
+            )
+
     def _on_gap(self, partition: int) -> None:
         """A standby fell behind the changelog's start: bootstrap it again."""
         if partition in self.standbys and partition not in self._standby_tasks:
@@ -366,17 +378,28 @@ class Engine(Generic[A]):
         tp = TopicPartition(self.topics.events, partition)
         try:
             store, complete = await self._ensure_state(partition)
-            await self.reader.restore(store, allow_gap=not complete)
+            restored = await self.reader.restore(store, allow_gap=not complete)
+            for _ in range(CLAIM_ATTEMPTS):
+                if await self.processor.claim(store):
+                    break
+                restored = await self.reader.restore(store)  # what landed meanwhile
+            else:
+                raise RuntimeError(f"partition {partition}: other writers kept claiming it")
+            async with self.processor.lock:
+                # Records a zombie wrote are skipped by every reader; their keys get this
+                # node's state written after them, the record compaction keeps.
+                sent = await self.processor.republish(store, restored.stale, {})
+                if sent is not None:
+                    store.write((), changelog_offset=sent.end)
             if not complete:
                 # No peer and a truncated changelog: rebuild from the whole input. The fence
                 # of every aggregate the changelog still holds keeps this exactly-once.
                 log.error("rebuilding_from_input", partition=partition, topic=self.topics.events)
                 await self.consumer.seek_to_beginning(tp)
             else:
+                # Also after a superseded batch, whose input this store never took.
                 committed = await self.consumer.committed(tp)
-                stored = store.meta().input_offset
-                if stored > (committed or 0):
-                    self.consumer.seek(tp, stored)
+                self.consumer.seek(tp, max(store.meta().input_offset, committed or 0))
             if partition in self.assigned:
                 self.processor.ready.add(partition)
                 self.consumer.resume(tp)

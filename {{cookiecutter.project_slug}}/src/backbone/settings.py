@@ -48,6 +48,7 @@ class EngineSettings:
     tracing: str = "none"
     log_level: str = "info"
     fault_delay_ms: int = 0
+    fault_stall_ms: int = 0
     host: str = ""
     session_timeout_ms: int = 6_000
     acceptable_lag: int = 10_000
@@ -103,6 +104,7 @@ class EngineSettings:
             tracing=tracing,
             log_level=e.get("LOG_LEVEL", "info").lower(),
             fault_delay_ms=_int(e, "BACKBONE_FAULT_DELAY_MS", 0, 0),
+            fault_stall_ms=_int(e, "BACKBONE_FAULT_STALL_MS", 0, 0),
             host=e.get("NODE_HOST", ""),
             session_timeout_ms=_int(e, "SESSION_TIMEOUT_MS", 6_000, 1_000),
             acceptable_lag=_int(e, "ACCEPTABLE_LAG", 10_000, 0),

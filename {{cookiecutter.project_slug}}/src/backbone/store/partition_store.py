@@ -18,6 +18,7 @@ META_CF = "meta"
 CHANGELOG_OFFSET = b"changelog_offset"
 INPUT_OFFSET = b"input_offset"
 GENERATION = b"generation"
+WRITER_EPOCH = b"writer_epoch"
 
 
 class StoreLockedError(RuntimeError):
@@ -32,6 +33,7 @@ class Meta:
     changelog_offset: int
     input_offset: int
     generation: int
+    writer_epoch: int = 0  # the highest changelog writer epoch applied (backbone.fencing)
 
 
 class PartitionStore:
@@ -69,6 +71,7 @@ class PartitionStore:
             changelog_offset=self._meta_int(CHANGELOG_OFFSET) or 0,
             input_offset=self._meta_int(INPUT_OFFSET) or 0,
             generation=self._meta_int(GENERATION) or 0,
+            writer_epoch=self._meta_int(WRITER_EPOCH) or 0,
         )
 
     def write(
@@ -78,6 +81,7 @@ class PartitionStore:
         changelog_offset: int | None = None,
         input_offset: int | None = None,
         generation: int | None = None,
+        writer_epoch: int | None = None,
     ) -> None:
         """Apply puts (or deletes, for ``None``) and offsets atomically."""
         batch = WriteBatch(raw_mode=True)
@@ -90,6 +94,7 @@ class PartitionStore:
             (CHANGELOG_OFFSET, changelog_offset),
             (INPUT_OFFSET, input_offset),
             (GENERATION, generation),
+            (WRITER_EPOCH, writer_epoch),
         ):
             if offset is not None:
                 batch.put(name, _INT.pack(offset), self._meta_cf)
