@@ -1,16 +1,17 @@
 """SQL read model: aggregates projected from the changelog into a SQLAlchemy table.
 
 The changelog carries whole aggregate states, so a projection is an idempotent upsert.
-Each partition's changelog offset is stored in the same SQL transaction as its rows, so a
-crash never loses or re-applies a batch, and several projectors may share one database.
+Each partition's changelog offset and writer epoch (backbone.fencing) are stored in the
+same SQL transaction as its rows, so a crash never loses or re-applies a batch, a zombie's
+records are skipped, and several projectors may share one database.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -23,6 +24,20 @@ from backbone.fencing import EpochFilter
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
+
+
+class ChangelogRecord(Protocol):
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def headers(self) -> Iterable[tuple[str, bytes]]: ...
 
 
 class QueryError(ValueError):
@@ -42,8 +57,31 @@ def _offsets_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("topic", sa.String(255), primary_key=True),
         sa.Column("partition", sa.Integer, primary_key=True),
         sa.Column("next_offset", sa.BigInteger, nullable=False),
+        sa.Column("writer_epoch", sa.BigInteger, nullable=False, server_default="0"),
         extend_existing=True,
     )
+
+
+def _add_writer_epoch(engine: sa.Engine) -> None:
+    """Databases made by releases before writer epochs lack the column: add it."""
+
+    def present() -> bool:
+        columns = sa.inspect(engine).get_columns("projection_offsets")
+        return "writer_epoch" in {c["name"] for c in columns}
+
+    if present():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "ALTER TABLE projection_offsets "
+                    "ADD COLUMN writer_epoch BIGINT NOT NULL DEFAULT 0"
+                )
+            )
+    except sa.exc.DBAPIError:
+        if not present():  # else another node added it first
+            raise
 
 
 class ReadModel(Generic[A]):
@@ -54,6 +92,7 @@ class ReadModel(Generic[A]):
         self.offsets = _offsets_table(projection.table.metadata)
         self.codec: AggregateCodec[A] = AggregateCodec(aggregate)
         projection.table.metadata.create_all(self.engine)
+        _add_writer_epoch(self.engine)
         self._key = next(iter(self.table.primary_key.columns)).name
         self._upsert_rows = self._upsert(self.table, [self._key])
         self._upsert_offset = self._upsert(self.offsets, ["topic", "partition"])
@@ -81,24 +120,24 @@ class ReadModel(Generic[A]):
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
 
-    def apply(
-        self, topic: str, partition: int, records: list[tuple[bytes, bytes | None, int]]
-    ) -> int:
+    def apply(self, topic: str, partition: int, records: Sequence[ChangelogRecord]) -> int:
         """Upsert one partition's changelog records; returns how many rows were written."""
         with self.engine.begin() as conn:
             # The row must exist before FOR UPDATE can lock it against another projector.
             conn.execute(self._ensure_offset, [{"topic": topic, "partition": partition}])
-            current = conn.execute(
-                sa.select(self.offsets.c.next_offset)
+            current, epoch = conn.execute(
+                sa.select(self.offsets.c.next_offset, self.offsets.c.writer_epoch)
                 .where(self.offsets.c.topic == topic, self.offsets.c.partition == partition)
                 .with_for_update()
-            ).scalar()
-            fresh = [r for r in records if r[2] >= (current or 0)]
+            ).one()
+            fresh = [r for r in records if r.offset >= current]
             if not fresh:
                 return 0
+            epochs = EpochFilter(epoch)
             latest: dict[bytes, bytes | None] = {}
-            for key, value, _ in fresh:
-                latest[key] = value
+            for record in fresh:
+                if epochs.admit(record) and record.key is not None:
+                    latest[record.key] = record.value
             rows = []
             deleted = []
             for key, value in latest.items():
@@ -110,7 +149,12 @@ class ReadModel(Generic[A]):
                 conn.execute(self._upsert_rows, rows)
             if deleted:
                 conn.execute(sa.delete(self.table).where(self.table.c[self._key].in_(deleted)))
-            offset_row = {"topic": topic, "partition": partition, "next_offset": fresh[-1][2] + 1}
+            offset_row = {
+                "topic": topic,
+                "partition": partition,
+                "next_offset": fresh[-1].offset + 1,
+                "writer_epoch": epochs.epoch,
+            }
             conn.execute(self._upsert_offset, [offset_row])
             return len(rows) + len(deleted)
 
@@ -174,17 +218,12 @@ class Projector(Generic[A]):
         self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        # In memory only: after a restart a zombie's record may be projected once more, and
-        # the owner's later record of the same key (backbone.fencing) puts it right.
-        epochs = {p: EpochFilter(0) for p in range(self.partitions)}
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
             for tp, records in batches.items():
-                admit = epochs[tp.partition].admit
-                rows = [(r.key, r.value, r.offset) for r in records if admit(r) and r.key]
-                if rows:
+                if records:
                     self.rows += await asyncio.to_thread(
-                        self.model.apply, self.topic, tp.partition, rows
+                        self.model.apply, self.topic, tp.partition, records
                     )
 
     async def stop(self) -> None:
