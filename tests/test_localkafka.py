@@ -11,25 +11,30 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from backbone.devcluster import wait_until
 from backbone.localkafka import LocalKafka
 
 TOPIC = "replicated"
 TP = TopicPartition(TOPIC, 0)
 
 
-async def create_topic(bootstrap: str) -> list[int]:
+async def create_topic(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         config = {"min.insync.replicas": "1"}
         await admin.create_topics([NewTopic(TOPIC, 1, 3, topic_configs=config)])
-        # The broker answering may not have the new topic's metadata yet: wait for it.
-        deadline = time.monotonic() + 30
-        while True:
-            [described] = await admin.describe_topics([TOPIC])
-            if described["partitions"] or time.monotonic() > deadline:
-                return sorted(described["partitions"][0]["replicas"])
-            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def replicas(bootstrap: str) -> list[int]:
+    """The topic's replica brokers; empty while the broker answering lacks its metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([TOPIC])
+        return sorted(described["partitions"][0]["replicas"]) if described["partitions"] else []
     finally:
         await admin.close()
 
@@ -78,7 +83,9 @@ def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -
         pids = [node["pid"] for node in state["nodes"]]
         assert all(java_alive(pid) for pid in pids)
 
-        assert asyncio.run(create_topic(bootstrap)) == [0, 1, 2]
+        asyncio.run(create_topic(bootstrap))
+        placed = wait_until(lambda: asyncio.run(replicas(bootstrap)), 30, "the topic's metadata")
+        assert placed == [0, 1, 2]
         leader = asyncio.run(produce(bootstrap, b"before"))
         assert asyncio.run(read_all(bootstrap, 1)) == [b"before"]
 

@@ -568,12 +568,15 @@ def test_checkpoint_removed_when_reader_stalls_and_server_closes(
     store: PartitionStore, tmp_path: Path
 ) -> None:
     async def stalled(chunks: CheckpointStream) -> None:
+        got_one = asyncio.Event()
+
         async def read() -> None:
             async for _ in chunks:
-                await asyncio.sleep(3600)  # a client that stopped reading
+                got_one.set()
+                await asyncio.Event().wait()  # a client that stopped reading
 
         task = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(got_one.wait(), 30)
         task.cancel()  # lands in the reader, outside the generator: aclose() cleans up
         with pytest.raises(asyncio.CancelledError):
             await task

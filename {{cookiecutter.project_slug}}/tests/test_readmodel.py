@@ -1,13 +1,14 @@
 """The SQL read model: list and filter aggregates projected from the changelog."""
 
 import os
-import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+
+from backbone.devcluster import wait_until
 
 from tests.conftest import NodeFactory
 from tests.test_service import order, register
@@ -42,13 +43,11 @@ def test_aggregates_are_listed_and_filtered(node_factory: NodeFactory, database:
     for i in range(3):
         order(node, f"c-{i}", 60_000, i)  # silver
 
-    deadline = time.monotonic() + 60
-    silver: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        silver = listing(node.url, tier="silver").json()["items"]
-        if len(silver) == 3:
-            break
-        time.sleep(0.2)
+    def three_silver() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = listing(node.url, tier="silver").json()["items"]
+        return items if len(items) == 3 else []
+
+    silver = wait_until(three_silver, 60, "three silver rows in the read model")
     assert sorted(row["id"] for row in silver) == ["c-0", "c-1", "c-2"]
     assert all(row["lifetime_value_cents"] == 60_000 for row in silver)
     everyone = listing(node.url, limit=4).json()
