@@ -14,7 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.changelog import ChangelogReader
 from backbone.fencing import epoch_header
-from backbone.processing.processor import Processor, send_to_partition
+from backbone.processing.changelog_writer import send_to_partition
+from backbone.processing.processor import Processor
 from backbone.store import PartitionStore
 from backbone.topics import Topics
 
@@ -65,13 +66,13 @@ def test_claims_take_turns_and_readers_skip_the_loser(kafka_bootstrap: str, tmp_
             await write(b"a", b"from-another-writer", 0)
             mine = processor(consumer, producer, topics, reader)
             assert not await mine.claim(store)
-            assert store.meta().changelog_offset == 0 and 0 not in mine.epochs
+            assert store.meta().changelog_offset == 0 and 0 not in mine.writer.epochs
 
             # Restored again (the record and the refused claim), it claims with a new epoch.
             await reader.restore(store)
             assert store.meta().writer_epoch == 1
             assert await mine.claim(store)
-            assert mine.epochs[0] == 2
+            assert mine.writer.epochs[0] == 2
             assert (store.meta().changelog_offset, store.meta().writer_epoch) == (3, 2)
 
             # A writer of epoch 1 that wakes up now is skipped by a reader.

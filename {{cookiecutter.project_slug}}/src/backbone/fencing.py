@@ -26,7 +26,7 @@ EPOCH_HEADER = "writer-epoch"
 CLAIM_KEY = b""  # no aggregate has an empty id
 
 
-class _Record(Protocol):
+class KeyedRecord(Protocol):
     @property
     def key(self) -> bytes | None: ...
 
@@ -34,7 +34,7 @@ class _Record(Protocol):
     def headers(self) -> Iterable[tuple[str, bytes]]: ...
 
 
-def record_epoch(record: _Record) -> int:
+def record_epoch(record: KeyedRecord) -> int:
     """The epoch a record was written in; 0 for records written before epochs existed."""
     for name, value in record.headers:
         if name == EPOCH_HEADER:
@@ -70,7 +70,7 @@ class EpochFilter:
         self.epoch = epoch
         self.stale: set[bytes] = set()
 
-    def admit(self, record: _Record) -> bool:
+    def admit(self, record: KeyedRecord) -> bool:
         epoch = record_epoch(record)
         if epoch < self.epoch:
             if record.key:

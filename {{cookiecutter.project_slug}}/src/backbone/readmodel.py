@@ -9,7 +9,7 @@ records are skipped, and several projectors may share one database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -20,24 +20,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.dialects import postgresql, sqlite
 
 from backbone.codec import AggregateCodec
-from backbone.fencing import EpochFilter
+from backbone.fencing import EpochFilter, KeyedRecord
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
 
 
-class ChangelogRecord(Protocol):
-    @property
-    def key(self) -> bytes | None: ...
-
+class ChangelogRecord(KeyedRecord, Protocol):
     @property
     def value(self) -> bytes | None: ...
 
     @property
     def offset(self) -> int: ...
-
-    @property
-    def headers(self) -> Iterable[tuple[str, bytes]]: ...
 
 
 class QueryError(ValueError):

@@ -388,7 +388,7 @@ class Engine(Generic[A]):
             async with self.processor.lock:
                 # Records a zombie wrote are skipped by every reader; their keys get this
                 # node's state written after them, the record compaction keeps.
-                sent = await self.processor.republish(store, restored.stale, {})
+                sent = await self.processor.writer.republish(store, restored.stale, {})
                 if sent is not None:
                     store.write((), changelog_offset=sent.end)
             if not complete:
