@@ -378,17 +378,17 @@ class Engine(Generic[A]):
         tp = TopicPartition(self.topics.events, partition)
         try:
             store, complete = await self._ensure_state(partition)
-            restored = await self.reader.restore(store, allow_gap=not complete)
+            stale = (await self.reader.restore(store, allow_gap=not complete)).stale
             for _ in range(CLAIM_ATTEMPTS):
                 if await self.processor.claim(store):
                     break
-                restored = await self.reader.restore(store)  # what landed meanwhile
+                stale |= (await self.reader.restore(store)).stale  # what landed meanwhile
             else:
                 raise RuntimeError(f"partition {partition}: other writers kept claiming it")
             async with self.processor.lock:
                 # Records a zombie wrote are skipped by every reader; their keys get this
                 # node's state written after them, the record compaction keeps.
-                sent = await self.processor.writer.republish(store, restored.stale, {})
+                sent = await self.processor.writer.republish(store, stale, {})
                 if sent is not None:
                     store.write((), changelog_offset=sent.end)
             if not complete:

@@ -7,7 +7,7 @@ itself superseded on a newer epoch, and writes its state again after an older on
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -97,10 +97,16 @@ class ChangelogWriter:
         return True
 
     async def publish(self, partition: int, records: Iterable[Record]) -> Sent:
-        """Send records (at least one), tagged with this node's epoch; wait for the acks."""
+        """Send records (at least one), tagged with this node's epoch; wait for the acks.
+        Each record's header list gets the epoch appended."""
         epoch = epoch_header(self.epochs.get(partition, 0))
-        tagged = ((key, value, [*headers, epoch]) for key, value, headers in records)
-        return await send_to_partition(self.producer, self.topic, partition, tagged)
+
+        def tagged() -> Iterator[Record]:
+            for record in records:
+                record[2].append(epoch)  # the caller's fresh list: no copy per record
+                yield record
+
+        return await send_to_partition(self.producer, self.topic, partition, tagged())
 
     async def verify(
         self, store: PartitionStore, sent: Sent, dirty: Mapping[bytes, bytes | None]
