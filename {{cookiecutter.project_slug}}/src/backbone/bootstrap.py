@@ -3,18 +3,25 @@
 A replica with no usable state (new node, lost disk, changelog truncated past it) must not
 replay gigabytes of changelog: it streams a peer's RocksDB checkpoint, verifies it, installs
 it, then tails the changelog from the checkpoint's own offset (invariants 1 and 3).
+
+Peers are not trusted to behave: any error from one source moves on to the next, busy or
+failing sources are retried with backoff and jitter until an overall deadline, and a
+transfer slower than a minimum rate is abandoned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
+from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -22,16 +29,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from backbone.routing import Replica, RoutingTable
 from backbone.settings import EngineSettings
-from backbone.snapshot import Manifest, UnsafeArchiveError, receive_checkpoint
+from backbone.snapshot import Manifest, receive_checkpoint, verify_checkpoint
 from backbone.store.registry import StoreRegistry
 from backbone.topics import Topics
 
 log = structlog.get_logger(__name__)
 
 OFFSET_HEADER = "x-backbone-checkpoint-offset"
-TIMEOUT_S = 60.0
-ROUNDS = 3
-ROUND_PAUSE_S = 1.0
+SOCKET_TIMEOUT_S = 60.0
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 15.0
 
 
 class SourceError(RuntimeError):
@@ -39,7 +46,89 @@ class SourceError(RuntimeError):
 
 
 class NoSourceError(RuntimeError):
-    """No peer could serve the partition."""
+    """No peer could serve the partition. ``copy_exists``: some member of the group still
+    reports a usable copy (so rebuilding from elsewhere would throw it away)."""
+
+    def __init__(self, message: str, copy_exists: bool) -> None:
+        super().__init__(message)
+        self.copy_exists = copy_exists
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    deadline_s: float = 1800.0  # for one bootstrap: every source, retry and transfer
+    min_bytes_per_s: float = 1_000_000.0  # a transfer slower than this over a window ends
+    stall_window_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings) -> Limits:
+        return cls(
+            float(settings.bootstrap_deadline_s),
+            float(settings.bootstrap_min_bytes_per_s),
+            float(settings.bootstrap_stall_s),
+        )
+
+
+class Peers(Protocol):
+    """Where copies of a partition may be found."""
+
+    async def refresh(self) -> None: ...
+
+    def sources(self, partition: int) -> list[str]:
+        """Internal URLs of peers serving the partition, best first."""
+        ...
+
+    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
+        """Whether another member reports a store of the partition that the changelog
+        still completes (its offset is at or past the changelog's first offset)."""
+        ...
+
+
+class GroupPeers:
+    """Peers learned from the consumer group's description."""
+
+    def __init__(self, routing: RoutingTable, zone: str, self_url: str) -> None:
+        self.routing = routing
+        self.zone = zone
+        self.self_url = self_url
+
+    async def refresh(self) -> None:
+        await self.routing.refresh()
+
+    def sources(self, partition: int) -> list[str]:
+        """Same zone first, then standbys before the active."""
+        routes = self.routing.routes
+        standbys = routes.standbys.get(partition, [])
+        active = routes.active.get(partition)
+        candidates: list[tuple[int, int, Replica]] = [
+            (0 if r.zone == self.zone else 1, 0, r) for r in standbys
+        ]
+        if active is not None:
+            candidates.append((0 if active.zone == self.zone else 1, 1, active))
+        ordered = [r.endpoint for _, _, r in sorted(candidates, key=lambda c: c[:2])]
+        return [url for url in dict.fromkeys(ordered) if url != self.self_url]
+
+    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
+        return any(
+            replica.endpoint != self.self_url and offset >= max(changelog_begin, 1)
+            for replica, offset in self.routing.routes.holders.get(partition, [])
+        )
+
+
+class FixedPeers:
+    """Sources named by an operator (``bootstrap --from``), tried in the order given."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = [url.rstrip("/") for url in urls]
+
+    async def refresh(self) -> None:
+        return None
+
+    def sources(self, partition: int) -> list[str]:
+        return list(self.urls)
+
+    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
+        return bool(self.urls)
 
 
 @dataclass(slots=True)
@@ -68,25 +157,35 @@ class BootstrapProgress:
 class _Download:
     """One checkpoint download on http.client, read by ``receive_checkpoint``'s worker
     thread straight into its disk buffers (httpx's async streaming moved a few hundred
-    MB/s in pure Python; this, several GB/s)."""
+    MB/s in pure Python; this, several GB/s). Counts the body bytes it hands out, so that
+    a stalled transfer is seen even while no disk buffer fills."""
 
     def __init__(self, url: str, headers: dict[str, str], tls: ssl.SSLContext | None) -> None:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port
         self._conn: HTTPConnection = (
-            HTTPSConnection(host, port, context=tls, timeout=TIMEOUT_S)
+            HTTPSConnection(host, port, context=tls, timeout=SOCKET_TIMEOUT_S)
             if parts.scheme == "https"
-            else HTTPConnection(host, port, timeout=TIMEOUT_S)
+            else HTTPConnection(host, port, timeout=SOCKET_TIMEOUT_S)
         )
         self._path = parts.path
         self._headers = headers
+        self._response: HTTPResponse | None = None
+        self.received = 0
 
     async def open(self) -> HTTPResponse:
         def request() -> HTTPResponse:
             self._conn.request("GET", self._path, headers=self._headers)
             return self._conn.getresponse()
 
-        return await asyncio.to_thread(request)
+        self._response = await asyncio.to_thread(request)
+        return self._response
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        assert self._response is not None
+        n = self._response.readinto(buffer)
+        self.received += n
+        return n
 
     def close(self) -> None:
         # shutdown() first: it wakes a thread blocked reading this socket, close() would not.
@@ -99,104 +198,161 @@ class _Download:
 class Bootstrapper:
     def __init__(
         self,
-        routing: RoutingTable,
+        peers: Peers,
         tls: ssl.SSLContext | None,
         token: str,
-        zone: str,
-        self_url: str,
         staging_root: Path,
+        limits: Limits = Limits(),
     ) -> None:
-        self.routing = routing
+        self.peers = peers
         self.tls = tls
         self.token = token
-        self.zone = zone
-        self.self_url = self_url
         self.staging_root = staging_root
+        self.limits = limits
         self.progress: dict[int, BootstrapProgress] = {}
         self._last_report = 0.0
 
-    def sources(self, partition: int) -> list[str]:
-        """Peers holding the partition: same zone first, then standbys, then the active."""
-        routes = self.routing.routes
-        standbys = routes.standbys.get(partition, [])
-        active = routes.active.get(partition)
-        candidates: list[tuple[int, int, Replica]] = [
-            (0 if r.zone == self.zone else 1, 0, r) for r in standbys
-        ]
-        if active is not None:
-            candidates.append((0 if active.zone == self.zone else 1, 1, active))
-        ordered = [r.endpoint for _, _, r in sorted(candidates, key=lambda c: c[:2])]
-        return [url for url in dict.fromkeys(ordered) if url != self.self_url]
-
     async def bootstrap(
-        self, partition: int, target: Path, changelog_begin: int, source: str | None = None
+        self, partition: int, target: Path, changelog_begin: int, changelog_end: int
     ) -> Manifest:
         """Install a verified checkpoint at ``target`` (whose store must be closed).
 
-        Peers open their stores as the same rebalance completes, so a few rounds are tried,
-        each with the group's latest routes."""
+        Tries every source in turn, round after round with growing pauses, until one
+        serves a checkpoint or the deadline passes. Raises NoSourceError at once when no
+        member of the group holds a usable copy."""
+        deadline = time.monotonic() + self.limits.deadline_s
         failures: list[str] = []
-        for round_ in range(ROUNDS):
-            if round_:
-                await asyncio.sleep(ROUND_PAUSE_S)
-            if source is None:
-                with contextlib.suppress(Exception):
-                    await self.routing.refresh()
-            for url in [source] if source else self.sources(partition):
+        rounds = 0
+        while True:
+            with contextlib.suppress(Exception):  # stale routes are still worth trying
+                await self.peers.refresh()
+            urls = self.peers.sources(partition)
+            if not urls and not self.peers.holds_copy(partition, changelog_begin):
+                raise NoSourceError(
+                    f"no member of the group holds a copy of partition {partition}",
+                    copy_exists=False,
+                )
+            for url in urls:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    return await self._fetch(partition, url, target, changelog_begin)
-                except (OSError, HTTPException, UnsafeArchiveError, SourceError) as exc:
-                    failures.append(f"{url}: {exc}")
+                    return await asyncio.wait_for(
+                        self._fetch(partition, url, target, changelog_begin, changelog_end),
+                        remaining,
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any fault of one source: try the next
+                    error = str(exc) or type(exc).__name__
+                    failures.append(f"{url}: {error}")
                     log.warning(
-                        "bootstrap_source_failed", partition=partition, source=url, error=str(exc)
+                        "bootstrap_source_failed", partition=partition, source=url, error=error
                     )
                 finally:
                     self.progress.pop(partition, None)
-        detail = "; ".join(failures[-3:]) if failures else "no peer is known to hold it"
-        raise NoSourceError(f"no peer could serve partition {partition}: {detail}")
+            rounds += 1
+            pause = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**rounds) * random.uniform(0.5, 1.0)
+            if time.monotonic() + pause >= deadline:
+                detail = "; ".join(failures[-3:]) if failures else "no peer serves it"
+                raise NoSourceError(
+                    f"no peer could serve partition {partition} within "
+                    f"{self.limits.deadline_s:g}s: {detail}",
+                    copy_exists=self.peers.holds_copy(partition, changelog_begin),
+                )
+            if urls or rounds == 1:
+                log.info(
+                    "bootstrap_retrying",
+                    partition=partition,
+                    round=rounds,
+                    pause_s=round(pause, 2),
+                    sources=len(urls),
+                )
+            await asyncio.sleep(pause)
 
-    async def _fetch(self, partition: int, url: str, target: Path, begin: int) -> Manifest:
+    async def _fetch(
+        self, partition: int, url: str, target: Path, begin: int, end: int
+    ) -> Manifest:
         progress = BootstrapProgress(partition, url)
         self.progress[partition] = progress
         headers = {"authorization": f"Bearer {self.token}"}
         endpoint = f"{url}/internal/partitions/{partition}/checkpoint"
         log.info("bootstrap_started", partition=partition, source=url)
         download = _Download(endpoint, headers, self.tls)
+        transfer = asyncio.create_task(
+            self._transfer(download, progress, target, begin, end), name=f"copy-{partition}"
+        )
         try:
-            response = await download.open()
-            if response.status != 200:
-                body = (await asyncio.to_thread(response.read, 300)).decode(errors="replace")
-                raise SourceError(f"answered {response.status}: {body}")
-            offset = int(response.getheader(OFFSET_HEADER, "-1"))
-            if offset < begin:
-                # Invariant 3: records between the checkpoint and the changelog's start are gone.
-                raise SourceError(
-                    f"checkpoint at changelog offset {offset} is older than the changelog's "
-                    f"first offset {begin}: installing it would leave a gap"
-                )
-
-            def report(received: int, total: int) -> None:
-                progress.received, progress.total = received, total
-                if time.monotonic() - self._last_report >= 2.0:
-                    self._last_report = time.monotonic()
-                    log.info("bootstrap_progress", **progress.as_dict())
-
-            def check(manifest: Manifest) -> None:
-                if manifest.partition != partition or manifest.changelog_offset < begin:
-                    raise SourceError(
-                        f"checkpoint is for partition {manifest.partition} at changelog offset "
-                        f"{manifest.changelog_offset}; wanted partition {partition} from {begin}"
-                    )
-
-            manifest = await receive_checkpoint(response, target, self.staging_root, report, check)
+            await self._watch(transfer, download)
+            manifest = transfer.result()
         finally:
             download.close()
+            transfer.cancel()
+            await asyncio.gather(transfer, return_exceptions=True)
         log.info(
             "bootstrap_finished",
             changelog_offset=manifest.changelog_offset,
             **progress.as_dict(),
         )
         return manifest
+
+    async def _watch(self, transfer: asyncio.Task[Manifest], download: _Download) -> None:
+        """Wait for ``transfer``; end it when a window passes below the minimum rate."""
+        window = self.limits.stall_window_s
+        floor = self.limits.min_bytes_per_s * window
+        mark, marked = download.received, time.monotonic()
+        while not transfer.done():
+            await asyncio.wait({transfer}, timeout=min(1.0, window / 4))
+            now = time.monotonic()
+            if transfer.done() or now - marked < window:
+                continue
+            if download.received - mark < floor:
+                raise SourceError(
+                    f"transfer stalled: {download.received - mark} bytes in the last "
+                    f"{window:g}s, below the minimum of {self.limits.min_bytes_per_s:g} bytes/s"
+                )
+            mark, marked = download.received, now
+
+    async def _transfer(
+        self, download: _Download, progress: BootstrapProgress, target: Path, begin: int, end: int
+    ) -> Manifest:
+        partition = progress.partition
+        response = await download.open()
+        if response.status != 200:
+            body = (await asyncio.to_thread(response.read, 300)).decode(errors="replace")
+            raise SourceError(f"answered {response.status}: {body}")
+        raw = response.getheader(OFFSET_HEADER, "")
+        try:
+            offset = int(raw)
+        except ValueError:
+            raise SourceError(f"{OFFSET_HEADER} is {raw[:40]!r}, not an offset") from None
+        if offset < begin:
+            # Invariant 3: records between the checkpoint and the changelog's start are gone.
+            raise SourceError(
+                f"checkpoint at changelog offset {offset} is older than the changelog's "
+                f"first offset {begin}: installing it would leave a gap"
+            )
+
+        def report(received: int, total: int) -> None:
+            progress.received, progress.total = received, total
+            if time.monotonic() - self._last_report >= 2.0:
+                self._last_report = time.monotonic()
+                log.info("bootstrap_progress", **progress.as_dict())
+
+        def check(manifest: Manifest) -> None:
+            if manifest.partition != partition or manifest.changelog_offset != offset:
+                raise SourceError(
+                    f"checkpoint is for partition {manifest.partition} at changelog offset "
+                    f"{manifest.changelog_offset}; wanted partition {partition} at the "
+                    f"offset its header names, {offset}"
+                )
+
+        def verify(directory: Path, manifest: Manifest) -> None:
+            verify_checkpoint(directory, manifest, end)
+
+        return await receive_checkpoint(
+            download, target, self.staging_root, report, check, verify
+        )
 
 
 def client_tls(settings: EngineSettings) -> ssl.SSLContext | None:
@@ -209,10 +365,14 @@ def client_tls(settings: EngineSettings) -> ssl.SSLContext | None:
 
 
 async def bootstrap_offline(
-    settings: EngineSettings, partition: int, source: str | None = None
+    settings: EngineSettings,
+    partition: int,
+    sources: Sequence[str] = (),
+    deadline_s: float | None = None,
 ) -> Manifest:
     """``<service> bootstrap``: replace a stopped node's store of ``partition`` by a peer's
-    checkpoint; the node tails the changelog from there when it starts."""
+    checkpoint; the node tails the changelog from there when it starts. A store that
+    RocksDB cannot open is quarantined first."""
     if not 0 <= partition < settings.partitions:
         raise ValueError(f"partition {partition} does not exist: use 0..{settings.partitions - 1}")
     stores = StoreRegistry(settings.data_dir, settings.store)
@@ -226,16 +386,23 @@ async def bootstrap_offline(
     try:
         tp = TopicPartition(topics.changelog, partition)
         begin = (await consumer.beginning_offsets([tp]))[tp]
-        await routing.refresh()
+        end = (await consumer.end_offsets([tp]))[tp]
+        peers: Peers = (
+            FixedPeers(sources)
+            if sources
+            else GroupPeers(routing, settings.zone, settings.internal_url)
+        )
+        limits = Limits.from_settings(settings)
+        if deadline_s is not None:
+            limits = Limits(deadline_s, limits.min_bytes_per_s, limits.stall_window_s)
         bootstrapper = Bootstrapper(
-            routing,
+            peers,
             client_tls(settings),
             settings.internal_token,
-            settings.zone,
-            settings.internal_url,
             settings.data_dir / "incoming",
+            limits,
         )
-        return await bootstrapper.bootstrap(partition, stores.path(partition), begin, source)
+        return await bootstrapper.bootstrap(partition, stores.path(partition), begin, end)
     finally:
         await routing.stop()
         await consumer.stop()

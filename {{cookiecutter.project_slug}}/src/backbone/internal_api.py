@@ -1,7 +1,10 @@
 """The internal API, on its own port: checkpoints for peers and forwarded queries.
 
 A checkpoint holds every customer's data of a partition, so it needs the shared token
-(compared in constant time) and, when configured, mutual TLS on this listener.
+(compared in constant time) and, when configured, mutual TLS on this listener. The port
+serves its guarded routes and nothing else (no OpenAPI schema or docs). A reader that
+stops reading is cut off after ``CHECKPOINT_SEND_TIMEOUT_S``, so it cannot hold a stream
+slot that other peers need.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -24,6 +27,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Stream
 from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from backbone.bootstrap import OFFSET_HEADER
 from backbone.runtime import Engine, NotOwnedError
@@ -47,6 +51,42 @@ def _token_guard(expected: str) -> Any:
     return guard
 
 
+_CLEANUP = "backbone.cleanup"
+
+
+class ReaderStalledError(TimeoutError):
+    """The client accepted no bytes for longer than the send timeout."""
+
+
+def _send_deadline(timeout_s: float) -> Callable[[ASGIApp], ASGIApp]:
+    """Fail a response whose client stops reading, and run the route's cleanups (release
+    its stream slot, remove its checkpoint) however the response ended."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            cleanups: list[Callable[[], Any]] = []
+            scope[_CLEANUP] = cleanups  # type: ignore[literal-required]
+
+            async def timed_send(message: Message) -> None:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await send(message)
+                except TimeoutError:
+                    raise ReaderStalledError(
+                        f"the client read nothing for {timeout_s:g}s: connection dropped"
+                    ) from None
+
+            try:
+                await app(scope, receive, timed_send)
+            finally:
+                for cleanup in reversed(cleanups):
+                    await cleanup()
+
+        return wrapped
+
+    return middleware
+
+
 def internal_app(engine: Engine[Any]) -> Litestar:
     streams = asyncio.Semaphore(engine.settings.max_checkpoint_streams)
     workdir = engine.settings.data_dir / "checkpoints"
@@ -54,8 +94,9 @@ def internal_app(engine: Engine[Any]) -> Litestar:
     @get(
         "/internal/partitions/{partition:int}/checkpoint",
         guards=[_token_guard(engine.settings.internal_token)],
+        middleware=[_send_deadline(engine.settings.checkpoint_send_timeout_s)],
     )
-    async def checkpoint(partition: int) -> Stream:
+    async def checkpoint(partition: int, scope: Scope) -> Stream:
         store = engine.held_store(partition)
         if store is None:
             raise NotFoundException(f"partition {partition} is not held on this node")
@@ -65,13 +106,19 @@ def internal_app(engine: Engine[Any]) -> Litestar:
                 detail="too many checkpoints streaming from this node: try another peer",
             )
         await streams.acquire()
+        held = True
         started = time.monotonic()
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-            manifest, chunks = await stream_checkpoint(store, workdir)
-        except BaseException:
-            streams.release()
-            raise
+
+        async def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                streams.release()
+
+        scope[_CLEANUP].append(release)  # type: ignore[literal-required]
+        workdir.mkdir(parents=True, exist_ok=True)
+        manifest, chunks = await stream_checkpoint(store, workdir)
+        scope[_CLEANUP].append(chunks.aclose)  # type: ignore[literal-required]
         log.info(
             "checkpoint_serving",
             partition=partition,
@@ -89,7 +136,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
                 complete = True
             finally:
                 await chunks.aclose()
-                streams.release()
+                await release()
                 log.info(
                     "checkpoint_served",
                     partition=partition,
@@ -119,4 +166,8 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             raise NotFoundException(f"no {engine.settings.store} {aggregate_id!r}")
         return Response(engine.applier.aggregates.to_json(found), media_type="application/json")
 
-    return Litestar(route_handlers=[checkpoint, aggregate], logging_config=None)
+    return Litestar(
+        route_handlers=[checkpoint, aggregate],
+        openapi_config=None,  # no /schema: this port serves its guarded routes only
+        logging_config=None,
+    )

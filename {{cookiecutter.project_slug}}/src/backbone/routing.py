@@ -36,6 +36,8 @@ class Routes:
     generation_state: str = ""
     active: dict[int, Replica] = field(default_factory=dict)
     standbys: dict[int, list[Replica]] = field(default_factory=dict)
+    # Every member's stores on disk as it reported them when it joined: (member, offset).
+    holders: dict[int, list[tuple[Replica, int]]] = field(default_factory=dict)
     unmet: list[str] = field(default_factory=list)
 
     def zone_conflicts(self) -> list[int]:
@@ -96,12 +98,12 @@ class RoutingTable:
             for group in response.to_object()["groups"]:
                 routes.generation_state = group["state"]
                 for member in group["members"]:
-                    if not member["member_assignment"]:
-                        continue
                     meta, actives, standbys, unmet = decode_member(
                         member["member_metadata"], member["member_assignment"]
                     )
                     replica = Replica(meta.node, meta.zone, meta.endpoint)
+                    for p, offset in meta.offsets.items():
+                        routes.holders.setdefault(p, []).append((replica, offset))
                     for p in actives:
                         routes.active[p] = replica
                     for p in standbys:

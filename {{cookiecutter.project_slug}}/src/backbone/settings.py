@@ -60,6 +60,10 @@ class EngineSettings:
     tls_ca: str = ""
     bootstrap_min_lag: int = 100_000
     max_checkpoint_streams: int = 2
+    bootstrap_deadline_s: int = 1800
+    bootstrap_min_bytes_per_s: int = 1_000_000
+    bootstrap_stall_s: int = 30
+    checkpoint_send_timeout_s: int = 30
 
     @classmethod
     def from_env(
@@ -116,4 +120,8 @@ class EngineSettings:
             tls_ca=e.get("INTERNAL_TLS_CA", ""),
             bootstrap_min_lag=_int(e, "BOOTSTRAP_MIN_LAG", 100_000, 0),
             max_checkpoint_streams=_int(e, "MAX_CHECKPOINT_STREAMS", 2, 1),
+            bootstrap_deadline_s=_int(e, "BOOTSTRAP_DEADLINE_S", 1800, 1),
+            bootstrap_min_bytes_per_s=_int(e, "BOOTSTRAP_MIN_BYTES_PER_S", 1_000_000, 0),
+            bootstrap_stall_s=_int(e, "BOOTSTRAP_STALL_S", 30, 1),
+            checkpoint_send_timeout_s=_int(e, "CHECKPOINT_SEND_TIMEOUT_S", 30, 1),
         )

@@ -118,6 +118,7 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             "zones": len({i.zone for i in infos}),
             "partitions": partitions,
             "standby_replicas": self.standby_replicas,
+            "handoffs": result.handoffs,
             "seconds": round(time.perf_counter() - started, 4),
         }
         if result.unmet:

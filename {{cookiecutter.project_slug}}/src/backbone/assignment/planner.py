@@ -18,6 +18,12 @@ a used zone; failing that, the least loaded member on another node (a zone confl
 that, the slot stays empty. Then standbys move from a member to one with at least two fewer
 (in the same zone, or in a zone the partition does not use) until no such move is left.
 
+Make before break. Balancing never moves a standby away from a partition whose other
+replicas are not caught up, and a partition none of whose replicas is caught up (all its
+state is on a member that lost it in this plan, such as a survivor of a double failure
+handing partitions to empty nodes) keeps its best holder as an extra standby. The new
+replicas copy the state from it; a later plan drops the extra once one of them caught up.
+
 Determinism: members are ordered by ``member_id`` and every tie is broken by it, so the
 input order never matters. Convergence: with the previous plan fed back, every capacity and
 every choice is reproduced, so a stable group stays where it is.
@@ -50,6 +56,9 @@ class Plan:
     unmet: list[str]  # short, deduplicated lines: the constraints given up
     zone_conflicts: int  # partitions whose replicas (active + standbys) share a zone
     missing_standbys: int  # standby slots that could not be placed
+    # Partitions given an extra standby: their only caught-up copy, kept until a new
+    # replica has caught up (make before break).
+    handoffs: int = 0
 
 
 def plan(
@@ -71,6 +80,7 @@ def plan(
     state = _State(ordered, partitions, acceptable_lag)
     owner = _assign_actives(state)
     standbys = _assign_standbys(state, owner, standby_replicas)
+    extras = _keep_last_copies(state, owner, standbys)
 
     ids = [m.member_id for m in ordered]
     actives_out: dict[str, list[int]] = {mid: [] for mid in ids}
@@ -86,8 +96,11 @@ def plan(
         if len(set(zones)) < len(zones):
             zone_conflicts += 1
         missing += standby_replicas - len(standbys[p])
+    for p, i in extras.items():
+        standbys_out[ids[i]].append(p)
+        standbys_out[ids[i]].sort()
     unmet = _explain(state, partitions, standby_replicas, zone_conflicts, missing)
-    return Plan(actives_out, standbys_out, unmet, zone_conflicts, missing)
+    return Plan(actives_out, standbys_out, unmet, zone_conflicts, missing, len(extras))
 
 
 class _State:
@@ -325,6 +338,12 @@ def _assign_standbys(s: _State, owner: list[int], replicas: int) -> list[list[in
         held[i].add(p)
         heaps.change(i, 1)
 
+    def last_copy(p: int, i: int) -> bool:
+        """Whether ``i`` is the only caught-up replica of ``p`` (make before break)."""
+        if not s.caught_up(i, p):
+            return False
+        return not any(s.caught_up(j, p) for j in (owner[p], *standbys[p]) if j != i)
+
     # Keep: sticky members on a new node in a new zone.
     candidates: list[list[int]] = []
     for p in range(partitions):
@@ -362,6 +381,8 @@ def _assign_standbys(s: _State, owner: list[int], replicas: int) -> list[list[in
             for p in sorted(held[x]):
                 if load[x] - 2 < floor:
                     break
+                if last_copy(p, x):
+                    continue
                 nodes, zones = used(p, but=x)
                 zones.discard(zone[x])
                 y = heaps.best_new_zone(zones, nodes)
@@ -376,6 +397,21 @@ def _assign_standbys(s: _State, owner: list[int], replicas: int) -> list[list[in
     for p in range(partitions):
         standbys[p].sort()
     return standbys
+
+
+def _keep_last_copies(s: _State, owner: list[int], standbys: list[list[int]]) -> dict[int, int]:
+    """Make before break: a partition none of whose replicas is caught up keeps its best
+    holder as an extra standby, so the state it holds is served to the new replicas instead
+    of being dropped (until a later plan finds a replica caught up). Returns the extras,
+    partition -> member, kept out of the zone and standby counts."""
+    extras: dict[int, int] = {}
+    for p, held in s.holders.items():
+        if max(offset for _, offset in held) <= 0:
+            continue  # only empty stores: nothing to keep
+        if any(s.caught_up(i, p) for i in (owner[p], *standbys[p])):
+            continue
+        extras[p] = min((s.lag_of(i, p), i) for i, _ in held)[1]
+    return extras
 
 
 # ---------------------------------------------------------------- unmet

@@ -11,11 +11,13 @@ from backbone.snapshot.checkpoint import (
     CHECKSUMS_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    CheckpointRefusedError,
     Checksums,
     FileEntry,
     Manifest,
     ManifestError,
     create_checkpoint,
+    verify_checkpoint,
 )
 from backbone.snapshot.install import NoSpaceError, UnsafeArchiveError, receive_checkpoint
 
@@ -23,6 +25,7 @@ __all__ = [
     "CHECKSUMS_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "CheckpointRefusedError",
     "CheckpointStream",
     "Checksums",
     "FileEntry",
@@ -33,4 +36,5 @@ __all__ = [
     "create_checkpoint",
     "receive_checkpoint",
     "stream_checkpoint",
+    "verify_checkpoint",
 ]

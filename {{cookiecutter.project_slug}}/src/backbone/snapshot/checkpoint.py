@@ -186,6 +186,42 @@ def create_checkpoint(store: PartitionStore, workdir: Path) -> tuple[Path, Manif
     return directory, manifest
 
 
+class CheckpointRefusedError(ValueError):
+    """Received files that are not the store their manifest describes."""
+
+
+def verify_checkpoint(directory: Path, manifest: Manifest, changelog_end: int) -> None:
+    """Prove that ``directory`` is the RocksDB checkpoint ``manifest`` describes, before it
+    replaces a store: its CURRENT and MANIFEST files exist, it opens, the offsets inside it
+    are the manifest's, and its changelog offset lies within the changelog (a store ahead
+    of the changelog's end cannot come from this changelog)."""
+    names = {path.name for path in directory.iterdir()}
+    if "CURRENT" not in names or not any(n.startswith("MANIFEST-") for n in names):
+        raise CheckpointRefusedError(
+            f"checkpoint of partition {manifest.partition} has no CURRENT and MANIFEST-* "
+            f"files ({len(names)} files): it is not a RocksDB store"
+        )
+    try:
+        offsets = _read_meta(directory)
+    except Exception as exc:
+        raise CheckpointRefusedError(
+            f"checkpoint of partition {manifest.partition} does not open as a RocksDB store: "
+            f"{exc}"
+        ) from exc
+    stated = (manifest.changelog_offset, manifest.input_offset, manifest.generation)
+    if offsets != stated:
+        raise CheckpointRefusedError(
+            f"checkpoint of partition {manifest.partition} holds (changelog, input, "
+            f"generation) offsets {offsets}, its manifest says {stated}"
+        )
+    if manifest.changelog_offset > changelog_end:
+        raise CheckpointRefusedError(
+            f"checkpoint of partition {manifest.partition} is at changelog offset "
+            f"{manifest.changelog_offset}, beyond the changelog's end {changelog_end}: "
+            "it does not come from this changelog"
+        )
+
+
 def _read_meta(directory: Path) -> tuple[int, int, int]:
     # Read-only open: creates no LOCK or LOG file, so the checkpoint's file list is unchanged.
     db = Rdict(

@@ -70,6 +70,7 @@ async def receive_checkpoint(
     staging_root: Path,
     on_progress: Callable[[int, int], None] | None = None,
     check_manifest: Callable[[Manifest], None] | None = None,
+    verify: Callable[[Path, Manifest], None] | None = None,
 ) -> Manifest:
     """Unpack the tar read from ``source`` into ``target``, replacing what is there.
 
@@ -79,7 +80,9 @@ async def receive_checkpoint(
     ``on_progress(received, total)`` counts file bytes against the manifest's total.
     ``check_manifest`` sees the manifest before any file is received and may raise to
     refuse it (wrong partition or generation, a gap before the changelog's first offset).
-    Both are called from a worker thread. If this is cancelled, the caller should close
+    ``verify(directory, manifest)`` sees the complete staged files before they replace
+    ``target`` and may raise to refuse them (a store that does not open, offsets that do
+    not match). All three are called from a worker thread. If this is cancelled, the caller should close
     ``source``: the thread reading it stops at its next read.
     """
     staging = Staging(staging_root)
@@ -87,6 +90,9 @@ async def receive_checkpoint(
         manifest = await asyncio.to_thread(
             _receive, _Stream(source), staging, on_progress, check_manifest
         )
+        await asyncio.to_thread(staging.complete)
+        if verify is not None:
+            await asyncio.to_thread(verify, staging.path, manifest)
         await asyncio.to_thread(staging.publish, target, staging_root)
     except BaseException:
         # Also on cancellation: nothing is written after discard() returns. If publish()

@@ -74,6 +74,12 @@ class Staging:
 
     # --- the event loop ---------------------------------------------------------------------
 
+    def complete(self) -> None:
+        """Wait for every queued write; raises the writer's error. Blocking."""
+        self._stop_writer()
+        if self._error is not None:
+            raise self._error
+
     def publish(self, target: Path, staging_root: Path) -> None:
         """Wait for every write, then rename the directory to ``target``; a previous
         target is removed afterwards. Blocking: call it in a worker thread."""
