@@ -350,9 +350,7 @@ class Bootstrapper:
         def verify(directory: Path, manifest: Manifest) -> None:
             verify_checkpoint(directory, manifest, end)
 
-        return await receive_checkpoint(
-            download, target, self.staging_root, report, check, verify
-        )
+        return await receive_checkpoint(download, target, self.staging_root, report, check, verify)
 
 
 def client_tls(settings: EngineSettings) -> ssl.SSLContext | None:

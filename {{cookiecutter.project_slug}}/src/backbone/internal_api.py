@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
@@ -26,7 +26,12 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Stream
-from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_409_CONFLICT,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from backbone.bootstrap import OFFSET_HEADER
@@ -166,8 +171,20 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             raise NotFoundException(f"no {engine.settings.store} {aggregate_id!r}")
         return Response(engine.applier.aggregates.to_json(found), media_type="application/json")
 
+    @post(
+        "/internal/partitions/{partition:int}/accept-loss",
+        guards=[_token_guard(engine.settings.internal_token)],
+        status_code=HTTP_200_OK,
+    )
+    async def accept_loss(partition: int) -> dict[str, Any]:
+        """An operator accepts that an incomplete partition's deleted history is gone."""
+        try:
+            return engine.accept_loss(partition)
+        except LookupError as exc:
+            raise HTTPException(status_code=HTTP_409_CONFLICT, detail=str(exc)) from exc
+
     return Litestar(
-        route_handlers=[checkpoint, aggregate],
+        route_handlers=[checkpoint, aggregate, accept_loss],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -17,7 +19,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from backbone.assignment import BackboneAssignor
-from backbone.bootstrap import Bootstrapper, NoSourceError, client_tls
+from backbone.bootstrap import Bootstrapper, GroupPeers, Limits, NoSourceError, client_tls
 from backbone.changelog import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
@@ -36,6 +38,37 @@ tracer = trace.get_tracer("backbone.runtime")
 
 RESTORE_RETRY_S = 2.0
 CLAIM_ATTEMPTS = 5
+# How often a partition whose every copy is gone looks for one again (a holder may return).
+INCOMPLETE_RETRY_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """Changelog records a store needed that retention deleted: [since, begin)."""
+
+    since: int
+    begin: int
+
+
+@dataclass(slots=True)
+class Incomplete:
+    """An active partition whose every copy is lost and whose history is partly deleted:
+    never served as ready until an operator accepts the loss (invariant 8)."""
+
+    partition: int
+    changelog: Missing
+    events_begin: int  # input offsets [0, events_begin) are deleted
+    since: float = field(default_factory=time.time)
+    accepted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "missing_changelog_offsets": [self.changelog.since, self.changelog.begin],
+            "missing_event_offsets": [0, self.events_begin],
+            "since": round(self.since, 3),
+            "accept_with": f"accept-loss --partition {self.partition}",
+        }
 
 
 class NotOwnedError(LookupError):
@@ -78,6 +111,7 @@ class Engine(Generic[A]):
         self._http: httpx.AsyncClient
         self.bootstrapper: Bootstrapper
         self._standby_tasks: dict[int, asyncio.Task[None]] = {}
+        self.incomplete: dict[int, Incomplete] = {}
 
     def _create_clients(self) -> None:
         # aiokafka clients must be created inside the running event loop.
@@ -93,12 +127,11 @@ class Engine(Generic[A]):
         tls = client_tls(self.settings)
         self._http = httpx.AsyncClient(timeout=10.0, verify=tls if tls else True)
         self.bootstrapper = Bootstrapper(
-            self.routing,
+            GroupPeers(self.routing, self.settings.zone, self.settings.internal_url),
             tls,
             self.settings.internal_token,
-            self.settings.zone,
-            self.settings.internal_url,
             self.settings.data_dir / "incoming",
+            Limits.from_settings(self.settings),
         )
         client_id = f"{self.settings.service}-{self.settings.node_id}"
         self.producer = AIOKafkaProducer(
@@ -169,6 +202,15 @@ class Engine(Generic[A]):
         )
         meter.create_observable_counter(
             "backbone.events.processed", [processed], description="events applied"
+        )
+
+        def incomplete(_: CallbackOptions) -> list[Observation]:
+            return [Observation(len(self.incomplete))]
+
+        meter.create_observable_gauge(
+            "backbone.partitions.incomplete",
+            [incomplete],
+            description="active partitions whose every copy was lost, waiting for accept-loss",
         )
 
     async def start(self) -> None:
@@ -248,6 +290,8 @@ class Engine(Generic[A]):
                 if task is not None:
                     task.cancel()
                 self.processor.ready.discard(p)
+                self.processor.quiet.pop(p, None)
+                self.incomplete.pop(p, None)
             self.assigned -= partitions
 
     async def on_assigned(self, partitions: set[int]) -> None:
@@ -277,10 +321,13 @@ class Engine(Generic[A]):
             unmet=self.assignor.unmet,
         )
 
-    async def _ensure_state(self, partition: int) -> tuple[PartitionStore, bool]:
+    async def _ensure_state(self, partition: int) -> tuple[PartitionStore, Missing | None]:
         """Open the store, bootstrapping it from a peer when it is missing, behind the
-        changelog's start, or far behind. Returns the store and whether its state is
-        complete (False: no peer could serve and the changelog no longer starts at 0)."""
+        changelog's start, or far behind. Returns the store and, when no copy exists in
+        the group and the changelog no longer reaches back to the store, what is missing.
+
+        Raises NoSourceError while a member still holds a copy that no source could serve
+        yet: the caller retries, it never rebuilds past an existing copy (invariant 7)."""
         store = self.stores.open(partition)
         begin, end = await self.reader.bounds(partition)
         offset = store.meta().changelog_offset
@@ -290,38 +337,39 @@ class Engine(Generic[A]):
         elif end - offset > self.settings.bootstrap_min_lag:
             reason = f"store is {end - offset} changelog records behind"
         else:
-            return store, True
+            return store, None
         log.warning("bootstrap_needed", partition=partition, reason=reason)
         path = self.stores.path(partition)
         self.stores.close(partition)
         try:
-            await self.bootstrapper.bootstrap(partition, path, begin)
+            await self.bootstrapper.bootstrap(partition, path, begin, end)
         except NoSourceError as exc:
-            gap = offset < begin
-            if gap:
-                shutil.rmtree(path, ignore_errors=True)  # a store with a gap is worse than none
+            if exc.copy_exists:
+                self.stores.open(partition)
+                raise
             # Far behind but without a gap, the changelog still completes the store.
-            complete = not gap or begin == 0
+            gap = offset < begin
             log.error(
                 "bootstrap_unavailable",
                 partition=partition,
                 error=str(exc),
-                fallback="changelog replay" if complete else "rebuild from the events topic",
+                fallback="rebuild from the events topic" if gap else "changelog replay",
             )
-            return self.stores.open(partition), complete
-        return self.stores.open(partition), True
+            # A store with a gap is kept: with the input, its fences still count.
+            return self.stores.open(partition), Missing(offset, begin) if gap else None
+        return self.stores.open(partition), None
 
     async def _standby(self, partition: int) -> None:
         """Follow the changelog of a standby partition, bootstrapping it first if needed."""
         try:
             while partition in self.standbys:
                 try:
-                    store, complete = await self._ensure_state(partition)
+                    store, missing = await self._ensure_state(partition)
                 except Exception as exc:
                     log.warning("standby_failed_retrying", partition=partition, error=str(exc))
                     await asyncio.sleep(RESTORE_RETRY_S)
                     continue
-                if complete:
+                if missing is None:
                     self.reader.tail(store)
                     return
                 log.error("standby_waiting_for_a_peer", partition=partition)
@@ -377,8 +425,11 @@ class Engine(Generic[A]):
     async def _restore(self, partition: int) -> None:
         tp = TopicPartition(self.topics.events, partition)
         try:
-            store, complete = await self._ensure_state(partition)
-            stale = (await self.reader.restore(store, allow_gap=not complete)).stale
+            store, missing = await self._ensure_state(partition)
+            rebuild = missing is not None
+            if missing is not None:
+                store, rebuild = await self._settle_loss(partition, store, missing)
+            stale = (await self.reader.restore(store, allow_gap=rebuild)).stale
             for _ in range(CLAIM_ATTEMPTS):
                 if await self.processor.claim(store):
                     break
@@ -391,16 +442,17 @@ class Engine(Generic[A]):
                 sent = await self.processor.writer.republish(store, stale, {})
                 if sent is not None:
                     store.write((), changelog_offset=sent.end)
-            if not complete:
-                # No peer and a truncated changelog: rebuild from the whole input. The fence
-                # of every aggregate the changelog still holds keeps this exactly-once.
-                log.error("rebuilding_from_input", partition=partition, topic=self.topics.events)
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                # Also after a superseded batch, whose input this store never took.
-                committed = await self.consumer.committed(tp)
-                self.consumer.seek(tp, max(store.meta().input_offset, committed or 0))
+            committed = await self.consumer.committed(tp) or 0
+            if rebuild:
+                await self._start_rebuild(store, tp, committed)
+            meta = store.meta()
+            # Also after a superseded batch, whose input this store never took.
+            position = meta.input_offset if rebuild else max(meta.input_offset, committed)
+            if meta.outputs_sent > position:
+                self.processor.quiet[partition] = meta.outputs_sent
+            self.consumer.seek(tp, position)
             if partition in self.assigned:
+                self.incomplete.pop(partition, None)
                 self.processor.ready.add(partition)
                 self.consumer.resume(tp)
         except asyncio.CancelledError:
@@ -418,6 +470,66 @@ class Engine(Generic[A]):
                 )
                 return
         self._restores.pop(partition, None)
+
+    async def _settle_loss(
+        self, partition: int, store: PartitionStore, missing: Missing
+    ) -> tuple[PartitionStore, bool]:
+        """No copy of the partition exists and the changelog has a gap before the store.
+        If the events topic still starts at 0, rebuilding from it is complete. Otherwise
+        the partition waits, reported incomplete, until a copy turns up (bootstrapped as
+        usual: returns False) or an operator accepts the loss (returns True: rebuild)."""
+        tp = TopicPartition(self.topics.events, partition)
+        events_begin = (await self.consumer.beginning_offsets([tp]))[tp]
+        if events_begin == 0:
+            return store, True
+        entry = Incomplete(partition, missing, events_begin)
+        self.incomplete[partition] = entry
+        while True:
+            log.error("partition_incomplete", **entry.as_dict())
+            try:
+                await asyncio.wait_for(entry.accepted.wait(), INCOMPLETE_RETRY_S)
+            except TimeoutError:
+                try:
+                    store, still = await self._ensure_state(partition)
+                except NoSourceError as exc:  # a copy turned up but could not be served yet
+                    log.warning("incomplete_copy_unavailable", partition=partition, error=str(exc))
+                    continue
+                if still is None:
+                    log.info("partition_recovered_from_a_copy", partition=partition)
+                    return store, False
+                continue
+            log.warning("loss_accepted", **entry.as_dict())
+            return store, True
+
+    async def _start_rebuild(
+        self, store: PartitionStore, tp: TopicPartition, committed: int
+    ) -> None:
+        """Read the input again from its first offset. The fences of the aggregates the
+        store and changelog still hold keep this exactly-once; output events and dead
+        letters below what was processed before are not sent again. Recorded in the
+        store and the group before the first event, so a crash continues the rebuild."""
+        begin = (await self.consumer.beginning_offsets([tp]))[tp]
+        sent = max(committed, store.meta().input_offset)
+        store.write((), input_offset=begin, outputs_sent=sent)
+        await self.consumer.commit({tp: begin})
+        log.error(
+            "rebuilding_from_input",
+            partition=tp.partition,
+            topic=self.topics.events,
+            from_offset=begin,
+            outputs_already_sent_below=sent,
+        )
+
+    def accept_loss(self, partition: int) -> dict[str, Any]:
+        """An operator accepts that the history of an incomplete partition is gone."""
+        entry = self.incomplete.get(partition)
+        if entry is None:
+            raise LookupError(
+                f"partition {partition} is not waiting for accept-loss on node "
+                f"{self.settings.node_id}: incomplete here are {sorted(self.incomplete)}"
+            )
+        entry.accepted.set()
+        return entry.as_dict()
 
     # --- queries and commands --------------------------------------------------------
     def partition_of(self, aggregate_id: str) -> int:
@@ -520,6 +632,7 @@ class Engine(Generic[A]):
             "standby": sorted(self.standbys),
             "standby_lag": self.reader.standby_lag(),
             "restoring": restoring,
+            "incomplete": [i.as_dict() for i in self.incomplete.values()],
             "bootstrapping": [p.as_dict() for p in self.bootstrapper.progress.values()],
             "processed": self.processor.processed,
             "dead_letters": self.processor.dead_letters,

@@ -7,6 +7,7 @@ import sys
 from aiokafka import ConsumerRecord
 
 from backbone import dlq
+from backbone.admin import AdminError, accept_loss
 from backbone.bootstrap import NoSourceError, bootstrap_offline
 from backbone.internal_api import internal_app
 from backbone.observability import configure_logging
@@ -29,10 +30,26 @@ def _run(_: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace) -> int:
     settings = service_settings.load()
     configure_logging(settings.log_level)
-    manifest = asyncio.run(bootstrap_offline(settings, args.partition, args.source))
+    manifest = asyncio.run(
+        bootstrap_offline(settings, args.partition, args.source or (), args.timeout)
+    )
     print(
         f"installed partition {manifest.partition}: {manifest.total_bytes()} bytes, "
         f"changelog offset {manifest.changelog_offset}; start the node to tail from there"
+    )
+    return 0
+
+
+def _accept_loss(args: argparse.Namespace) -> int:
+    settings = service_settings.load()
+    configure_logging(settings.log_level)
+    done = asyncio.run(accept_loss(settings, args.partition, args.node))
+    changelog = done["missing_changelog_offsets"]
+    events = done["missing_event_offsets"]
+    print(
+        f"accepted the loss of partition {args.partition}: changelog offsets "
+        f"{changelog[0]}..{changelog[1] - 1} and event offsets {events[0]}..{events[1] - 1} "
+        "are gone; the partition is rebuilt from what is left and then served"
     )
     return 0
 
@@ -89,15 +106,41 @@ def main(argv: list[str] | None = None) -> int:
         "--from",
         dest="source",
         metavar="URL",
-        help="internal URL of the peer (default: the group's holders, same zone first)",
+        action="append",
+        help="internal URL of a peer, repeatable, tried in order "
+        "(default: the group's holders, same zone first)",
+    )
+    boot.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long (default 300)",
     )
     boot.set_defaults(func=_bootstrap)
+    loss = commands.add_parser(
+        "accept-loss",
+        help="accept that a partition reported incomplete lost its deleted history",
+    )
+    loss.add_argument("--partition", type=int, required=True, help="the incomplete partition")
+    loss.add_argument("--node", metavar="URL", help="internal URL of its node (default: owner)")
+    loss.set_defaults(func=_accept_loss)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (SettingsError, LookupError, ValueError, NoSourceError, StoreLockedError) as exc:
+    except (
+        SettingsError,
+        LookupError,
+        ValueError,
+        NoSourceError,
+        StoreLockedError,
+        AdminError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a message, not a traceback, for any other failure
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -51,6 +51,7 @@ class Emitted:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+    input_offset: int = -1  # of the event whose handler emitted it
 
 
 @dataclass(slots=True)
@@ -143,7 +144,7 @@ class BatchApplier(Generic[A]):
                 value, headers = self.events.encode(emitted)
                 event_id = f"{record.topic}/{record.partition}/{record.offset}/{index}"
                 headers.append((ID_HEADER, event_id.encode()))
-                result.emitted.append(Emitted(key, value, headers))
+                result.emitted.append(Emitted(key, value, headers, record.offset))
         result.next_offset = records[-1].offset + 1
         for key in result.last_input_offset:
             offset, aggregate = cache[key]

@@ -59,6 +59,9 @@ class Processor:
         self.fault_stall_s = fault_stall_s
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
+        # Per partition being rebuilt from its input: the input offset below which its
+        # output events and dead letters were sent before, so they are not sent again.
+        self.quiet: dict[int, int] = {}
         self.processed = 0
         self.dead_letters = 0
         self._tail_checked = time.monotonic()
@@ -95,7 +98,14 @@ class Processor:
             if store is None or tp.partition not in self.ready or not records:
                 continue  # revoked or still restoring: the records are fetched again later
             spans.extend(self._spans(records))
-            results.append(self.applier.apply(store, records))
+            result = self.applier.apply(store, records)
+            quiet = self.quiet.get(tp.partition)
+            if quiet is not None:
+                result.emitted = [e for e in result.emitted if e.input_offset >= quiet]
+                result.dead = [d for d in result.dead if d.record.offset >= quiet]
+                if result.next_offset >= quiet:
+                    del self.quiet[tp.partition]
+            results.append(result)
             starts[tp] = records[0].offset
         if not results:
             return

@@ -205,8 +205,7 @@ def verify_checkpoint(directory: Path, manifest: Manifest, changelog_end: int) -
         offsets = _read_meta(directory)
     except Exception as exc:
         raise CheckpointRefusedError(
-            f"checkpoint of partition {manifest.partition} does not open as a RocksDB store: "
-            f"{exc}"
+            f"checkpoint of partition {manifest.partition} does not open as a RocksDB store: {exc}"
         ) from exc
     stated = (manifest.changelog_offset, manifest.input_offset, manifest.generation)
     if offsets != stated:

@@ -82,8 +82,8 @@ async def receive_checkpoint(
     refuse it (wrong partition or generation, a gap before the changelog's first offset).
     ``verify(directory, manifest)`` sees the complete staged files before they replace
     ``target`` and may raise to refuse them (a store that does not open, offsets that do
-    not match). All three are called from a worker thread. If this is cancelled, the caller should close
-    ``source``: the thread reading it stops at its next read.
+    not match). All three are called from a worker thread. If this is cancelled, the
+    caller should close ``source``: the thread reading it stops at its next read.
     """
     staging = Staging(staging_root)
     try:

@@ -19,6 +19,7 @@ CHANGELOG_OFFSET = b"changelog_offset"
 INPUT_OFFSET = b"input_offset"
 GENERATION = b"generation"
 WRITER_EPOCH = b"writer_epoch"
+OUTPUTS_SENT = b"outputs_sent"
 
 
 class StoreLockedError(RuntimeError):
@@ -34,6 +35,8 @@ class Meta:
     input_offset: int
     generation: int
     writer_epoch: int = 0  # the highest changelog writer epoch applied (backbone.fencing)
+    # While rebuilding from the input: outputs of input offsets below this were sent.
+    outputs_sent: int = 0
 
 
 class PartitionStore:
@@ -72,6 +75,7 @@ class PartitionStore:
             input_offset=self._meta_int(INPUT_OFFSET) or 0,
             generation=self._meta_int(GENERATION) or 0,
             writer_epoch=self._meta_int(WRITER_EPOCH) or 0,
+            outputs_sent=self._meta_int(OUTPUTS_SENT) or 0,
         )
 
     def write(
@@ -82,6 +86,7 @@ class PartitionStore:
         input_offset: int | None = None,
         generation: int | None = None,
         writer_epoch: int | None = None,
+        outputs_sent: int | None = None,
     ) -> None:
         """Apply puts (or deletes, for ``None``) and offsets atomically."""
         batch = WriteBatch(raw_mode=True)
@@ -95,6 +100,7 @@ class PartitionStore:
             (INPUT_OFFSET, input_offset),
             (GENERATION, generation),
             (WRITER_EPOCH, writer_epoch),
+            (OUTPUTS_SENT, outputs_sent),
         ):
             if offset is not None:
                 batch.put(name, _INT.pack(offset), self._meta_cf)
