@@ -51,11 +51,13 @@ def make_stream(keys: int, orders: int, seed: int) -> tuple[list[tuple[bytes, by
     return events, {f"k-{i}": (totals[f"k-{i}"], counts[f"k-{i}"]) for i in range(keys)}
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def create_topic(
+    bootstrap: str, topic: str, partitions: int, config: dict[str, str] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config or {})])
     finally:
         await admin.close()
 
@@ -97,7 +99,7 @@ def produced(bootstrap: str, topic: str, partitions: int) -> int:
     return asyncio.run(_offsets(bootstrap, topic, partitions, None))
 
 
-def changelog_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+def topic_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     async def lookup() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
         await consumer.start()
@@ -260,11 +262,17 @@ class Service:
 
 
 def new_service(
-    kind: str, project: Path, bootstrap: str, workdir: Path, partitions: int, **settings: str
+    kind: str,
+    project: Path,
+    bootstrap: str,
+    workdir: Path,
+    partitions: int,
+    events_config: dict[str, str] | None = None,
+    **settings: str,
 ) -> Service:
     """A fresh service name (so topics and groups never collide) with its events topic."""
     name = f"{kind}-{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_topic(bootstrap, f"{name}.events", partitions))
+    asyncio.run(create_topic(bootstrap, f"{name}.events", partitions, events_config))
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "SERVICE_NAME": name,

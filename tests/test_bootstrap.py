@@ -20,7 +20,6 @@ from backbone.devcluster import wait_until
 
 from clustertools import (
     assignment,
-    changelog_starts,
     check_replicas,
     make_stream,
     new_service,
@@ -28,6 +27,7 @@ from clustertools import (
     settled,
     standbys_caught_up,
     status,
+    topic_starts,
     truncate_changelog,
 )
 from conftest import Bake
@@ -63,7 +63,7 @@ def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
         producer.start()
         wait_until(
             lambda: all(
-                o > 0 for o in changelog_starts(kafka_bootstrap, service.changelog, 4).values()
+                o > 0 for o in topic_starts(kafka_bootstrap, service.changelog, 4).values()
             ),
             90,
             "retention to delete the first changelog segments",

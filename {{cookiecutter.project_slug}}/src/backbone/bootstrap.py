@@ -45,6 +45,10 @@ class SourceError(RuntimeError):
     """One peer could not serve a usable checkpoint; the next one is tried."""
 
 
+class SourceBusyError(SourceError):
+    """The peer holds the partition but serves too many checkpoints right now."""
+
+
 class NoSourceError(RuntimeError):
     """No peer could serve the partition. ``copy_exists``: some member of the group still
     reports a usable copy (so rebuilding from elsewhere would throw it away)."""
@@ -109,9 +113,18 @@ class GroupPeers:
         return [url for url in dict.fromkeys(ordered) if url != self.self_url]
 
     def holds_copy(self, partition: int, changelog_begin: int) -> bool:
+        """Offsets are as of the member's last join: a replica that reported state then
+        has followed the changelog since; any other store is complete only if the
+        changelog still reaches back to it."""
+        routes = self.routing.routes
+        replicas = {r.endpoint for r in routes.standbys.get(partition, [])}
+        if (active := routes.active.get(partition)) is not None:
+            replicas.add(active.endpoint)
         return any(
-            replica.endpoint != self.self_url and offset >= max(changelog_begin, 1)
-            for replica, offset in self.routing.routes.holders.get(partition, [])
+            replica.endpoint != self.self_url
+            and offset > 0
+            and (replica.endpoint in replicas or offset >= changelog_begin)
+            for replica, offset in routes.holders.get(partition, [])
         )
 
 
@@ -218,8 +231,9 @@ class Bootstrapper:
         """Install a verified checkpoint at ``target`` (whose store must be closed).
 
         Tries every source in turn, round after round with growing pauses, until one
-        serves a checkpoint or the deadline passes. Raises NoSourceError at once when no
-        member of the group holds a usable copy."""
+        serves a checkpoint or the deadline passes. Gives up after a round in which no
+        source was busy and no other member reported a usable copy when it last joined
+        (NoSourceError with ``copy_exists`` False)."""
         deadline = time.monotonic() + self.limits.deadline_s
         failures: list[str] = []
         rounds = 0
@@ -227,11 +241,7 @@ class Bootstrapper:
             with contextlib.suppress(Exception):  # stale routes are still worth trying
                 await self.peers.refresh()
             urls = self.peers.sources(partition)
-            if not urls and not self.peers.holds_copy(partition, changelog_begin):
-                raise NoSourceError(
-                    f"no member of the group holds a copy of partition {partition}",
-                    copy_exists=False,
-                )
+            busy = False
             for url in urls:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -244,6 +254,7 @@ class Bootstrapper:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # any fault of one source: try the next
+                    busy = busy or isinstance(exc, SourceBusyError)
                     error = str(exc) or type(exc).__name__
                     failures.append(f"{url}: {error}")
                     log.warning(
@@ -251,6 +262,12 @@ class Bootstrapper:
                     )
                 finally:
                     self.progress.pop(partition, None)
+            if not busy and not self.peers.holds_copy(partition, changelog_begin):
+                detail = f": {'; '.join(failures[-3:])}" if failures else ""
+                raise NoSourceError(
+                    f"no member of the group holds a copy of partition {partition}{detail}",
+                    copy_exists=False,
+                )
             rounds += 1
             pause = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**rounds) * random.uniform(0.5, 1.0)
             if time.monotonic() + pause >= deadline:
@@ -258,16 +275,15 @@ class Bootstrapper:
                 raise NoSourceError(
                     f"no peer could serve partition {partition} within "
                     f"{self.limits.deadline_s:g}s: {detail}",
-                    copy_exists=self.peers.holds_copy(partition, changelog_begin),
+                    copy_exists=busy or self.peers.holds_copy(partition, changelog_begin),
                 )
-            if urls or rounds == 1:
-                log.info(
-                    "bootstrap_retrying",
-                    partition=partition,
-                    round=rounds,
-                    pause_s=round(pause, 2),
-                    sources=len(urls),
-                )
+            log.info(
+                "bootstrap_retrying",
+                partition=partition,
+                round=rounds,
+                pause_s=round(pause, 2),
+                sources=len(urls),
+            )
             await asyncio.sleep(pause)
 
     async def _fetch(
@@ -320,7 +336,8 @@ class Bootstrapper:
         response = await download.open()
         if response.status != 200:
             body = (await asyncio.to_thread(response.read, 300)).decode(errors="replace")
-            raise SourceError(f"answered {response.status}: {body}")
+            error = SourceBusyError if response.status == 429 else SourceError
+            raise error(f"answered {response.status}: {body}")
         raw = response.getheader(OFFSET_HEADER, "")
         try:
             offset = int(raw)
