@@ -168,9 +168,13 @@ Respond = Callable[["FakePeer", BaseHTTPRequestHandler, int], None]
 
 class FakePeer:
     """A real HTTP server on 127.0.0.1; ``respond(peer, handler, n)`` answers the n-th
-    request (1-based). Records each request's path and authorization header."""
+    request (1-based). Records each request's path and authorization header.
 
-    def __init__(self, respond: Respond) -> None:
+    ``protocol``: an HTTP/1.0 answer (the default of ``http.server``) ends the connection
+    with the response, so http.client hands the socket over to the response object; an
+    HTTP/1.1 answer without ``Connection: close`` keeps it on the connection, as uvicorn."""
+
+    def __init__(self, respond: Respond, protocol: str = "HTTP/1.0") -> None:
         self.requests: list[tuple[str, str | None]] = []
         self.stop = threading.Event()
         self.client_gone = threading.Event()
@@ -178,6 +182,8 @@ class FakePeer:
         peer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = protocol
+
             def do_GET(self) -> None:
                 with peer._lock:
                     peer.requests.append((self.path, self.headers.get("authorization")))
@@ -221,11 +227,11 @@ def always(answer: Answer) -> Respond:
 
 
 @pytest.fixture
-def peers() -> Iterator[Callable[[Respond], FakePeer]]:
+def peers() -> Iterator[Callable[..., FakePeer]]:
     started: list[FakePeer] = []
 
-    def start(respond: Respond) -> FakePeer:
-        started.append(FakePeer(respond))
+    def start(respond: Respond, protocol: str = "HTTP/1.0") -> FakePeer:
+        started.append(FakePeer(respond, protocol))
         return started[-1]
 
     yield start
@@ -236,11 +242,20 @@ def peers() -> Iterator[Callable[[Respond], FakePeer]]:
 def bootstrap(
     urls: list[str], target: Path, staging_root: Path, limits: Limits, guard_s: float = 40
 ) -> Manifest:
-    """Run a bootstrap, but never for longer than ``guard_s``: a broken deadline fails."""
+    """Run a bootstrap, but never for longer than ``guard_s``: a broken deadline fails.
+
+    Not ``asyncio.run``: that waits for every worker thread at the end, so a transfer
+    thread left blocked on an abandoned peer would hang the test instead of failing it
+    (the trickle test asserts on the abandoned connection itself)."""
     bootstrapper = Bootstrapper(FixedPeers(urls), None, TOKEN, staging_root, limits)
-    return asyncio.run(
-        asyncio.wait_for(bootstrapper.bootstrap(PARTITION, target, BEGIN, END), guard_s)
-    )
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(
+            asyncio.wait_for(bootstrapper.bootstrap(PARTITION, target, BEGIN, END), guard_s)
+        )
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the default executor down without waiting for its threads
 
 
 def assert_installed(good: Good, target: Path, staging_root: Path) -> None:
@@ -327,7 +342,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_bad_peer_first_then_good_peer_installs_the_good_checkpoint(
-    case: str, good: Good, tmp_path: Path, peers: Callable[[Respond], FakePeer]
+    case: str, good: Good, tmp_path: Path, peers: Callable[..., FakePeer]
 ) -> None:
     target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
     bad = peers(always(MALFORMED[case][0](good, tmp_path)))
@@ -351,7 +366,7 @@ def test_bad_peer_first_then_good_peer_installs_the_good_checkpoint(
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_bad_peer_alone_leaves_the_existing_store_untouched(
-    case: str, good: Good, tmp_path: Path, peers: Callable[[Respond], FakePeer]
+    case: str, good: Good, tmp_path: Path, peers: Callable[..., FakePeer]
 ) -> None:
     target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
     existing = PartitionStore(target, PARTITION)
@@ -376,8 +391,10 @@ def test_bad_peer_alone_leaves_the_existing_store_untouched(
 # --- slow and busy peers ----------------------------------------------------------------
 
 
+# HTTP/1.0 (or Connection: close): http.client hands the socket over to the response.
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/1.0"])
 def test_a_trickling_peer_is_abandoned_for_the_next(
-    good: Good, tmp_path: Path, peers: Callable[[Respond], FakePeer]
+    protocol: str, good: Good, tmp_path: Path, peers: Callable[..., FakePeer]
 ) -> None:
     target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
 
@@ -392,7 +409,7 @@ def test_a_trickling_peer_is_abandoned_for_the_next(
             if peer.stop.wait(1.0):
                 return
 
-    slow = peers(trickle)
+    slow = peers(trickle, protocol)
     fast = peers(always(Answer(body=good.tar)))
     started = time.monotonic()
     manifest = bootstrap(
@@ -409,12 +426,13 @@ def test_a_trickling_peer_is_abandoned_for_the_next(
     assert elapsed < 12, f"took {elapsed:.1f}s"
     assert len(slow.requests) == 1 and len(fast.requests) == 1
     assert_installed(good, target, staging_root)
-    # The abandoned connection was closed: the trickling peer's next write fails.
-    wait_until(slow.client_gone.is_set, 10, "the stalled connection to be closed")
+    # The abandoned connection was closed (and the thread reading it woken): the
+    # trickling peer's next write fails.
+    wait_until(slow.client_gone.is_set, 8, "the abandoned connection to be closed")
 
 
 def test_a_busy_peer_is_retried_with_backoff(
-    good: Good, tmp_path: Path, peers: Callable[[Respond], FakePeer]
+    good: Good, tmp_path: Path, peers: Callable[..., FakePeer]
 ) -> None:
     target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
 
@@ -437,7 +455,7 @@ def test_a_busy_peer_is_retried_with_backoff(
 
 
 def test_the_overall_deadline_ends_the_retries(
-    tmp_path: Path, peers: Callable[[Respond], FakePeer]
+    tmp_path: Path, peers: Callable[..., FakePeer]
 ) -> None:
     target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
     busy = peers(always(Answer(status=429, body=b"busy", headers={})))

@@ -184,11 +184,13 @@ class _Download:
         self._path = parts.path
         self._headers = headers
         self._response: HTTPResponse | None = None
+        self._sock: socket.socket | None = None
         self.received = 0
 
     async def open(self) -> HTTPResponse:
         def request() -> HTTPResponse:
             self._conn.request("GET", self._path, headers=self._headers)
+            self._sock = self._conn.sock  # getresponse() hands it to a will-close response
             return self._conn.getresponse()
 
         self._response = await asyncio.to_thread(request)
@@ -202,9 +204,12 @@ class _Download:
 
     def close(self) -> None:
         # shutdown() first: it wakes a thread blocked reading this socket, close() would not.
-        if self._conn.sock is not None:
+        sock = self._sock or self._conn.sock
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._response is not None:
+            self._response.close()
         self._conn.close()
 
 

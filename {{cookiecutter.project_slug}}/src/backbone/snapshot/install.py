@@ -213,9 +213,12 @@ def _next_header(stream: _Stream) -> tarfile.TarInfo | None:
     if block == bytes(BLOCK):
         return None
     try:
-        return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
     except (tarfile.HeaderError, UnicodeDecodeError) as exc:
         raise UnsafeArchiveError(f"corrupt tar header at byte {offset}: {exc}") from exc
+    if info.size < 0:
+        raise UnsafeArchiveError(f"tar header at byte {offset} gives a negative size")
+    return info
 
 
 def _check_regular(info: tarfile.TarInfo) -> None:
