@@ -15,7 +15,7 @@ $(VENV)/.ready: requirements-dev.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	echo "$(ENGINE_SRC)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/backbone-engine.pth"
-	$(BIN)/python -m backbone.localkafka jars
+	$(BIN)/python -m backbone.dev.localkafka jars
 	touch $@
 
 test: setup

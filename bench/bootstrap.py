@@ -25,7 +25,7 @@ import psutil
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from _common import bake, machine
 
@@ -87,8 +87,8 @@ def main() -> int:
     ) as tmp:
         work = Path(tmp)
         project = bake(work)
-        from backbone.devcluster import NodeProcess
-        from backbone.localkafka import LocalKafka
+        from backbone.dev.cluster import NodeProcess
+        from backbone.dev.localkafka import LocalKafka
 
         with LocalKafka(work / "kafka", nodes=1) as kafka:
             started = time.monotonic()

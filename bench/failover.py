@@ -20,7 +20,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from _common import bake, machine
 
@@ -71,8 +71,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         work = Path(tmp)
         project = bake(work)
-        from backbone.devcluster import NodeProcess
-        from backbone.localkafka import LocalKafka
+        from backbone.dev.cluster import NodeProcess
+        from backbone.dev.localkafka import LocalKafka
 
         keys = keys_per_partition()
         with LocalKafka(work / "kafka", nodes=1) as kafka:

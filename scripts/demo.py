@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from cookiecutter.main import cookiecutter
 
-from backbone.devcluster import wait_until
-from backbone.localkafka import LocalKafka
+from backbone.dev.cluster import wait_until
+from backbone.dev.localkafka import LocalKafka
 from backbone.partitioning import partition_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def main() -> int:
     project = Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(WORK)))
     print(f"    {project}")
     sys.path.insert(0, str(project / "src"))
-    from backbone.devcluster import NodeProcess
+    from backbone.dev.cluster import NodeProcess
 
     say("starting a local Apache Kafka (KRaft) from Maven Central jars")
     with LocalKafka(WORK / "kafka", nodes=1) as kafka:

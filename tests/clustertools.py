@@ -17,7 +17,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
-from backbone.devcluster import NodeProcess
+from backbone.dev.cluster import NodeProcess
 from backbone.store import PartitionStore
 
 INTERNAL_TOKEN = "test-internal-token"

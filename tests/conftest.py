@@ -31,7 +31,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    from backbone.localkafka import LocalKafka
+    from backbone.dev.localkafka import LocalKafka
 
     kafka = LocalKafka(workdir=tmp_path_factory.mktemp("kafka"), nodes=1)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from clustertools import (
     assignment,

@@ -1,4 +1,4 @@
-"""Claims (backbone.fencing) against a real broker: a claim holds only where the restore
+"""Claims (backbone.changelog.epochs) against a real broker: a claim holds only where the restore
 ended, a new epoch follows every claim, readers skip an older writer's records, and a
 consumer that is not a member of the group cannot claim at all."""
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from backbone.changelog import ChangelogReader
-from backbone.fencing import epoch_header
-from backbone.processing.changelog_writer import send_to_partition
+from backbone.changelog.epochs import epoch_header
+from backbone.changelog.reader import ChangelogReader
+from backbone.changelog.writer import send_to_partition
 from backbone.processing.processor import Processor
 from backbone.store import PartitionStore
 from backbone.topics import Topics

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from clustertools import (
     ZONES,

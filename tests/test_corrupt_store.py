@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backbone.devcluster import NodeProcess, wait_until
+from backbone.dev.cluster import NodeProcess, wait_until
 
 from clustertools import (
     assignment,

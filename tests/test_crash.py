@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backbone.codec import AggregateCodec
-from backbone.devcluster import NodeProcess, wait_until
+from backbone.dev.cluster import NodeProcess, wait_until
 
 from clustertools import (
     Stored,

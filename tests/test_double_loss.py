@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backbone.devcluster import NodeProcess, wait_until
+from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.partitioning import partition_for
 
 from clustertools import (

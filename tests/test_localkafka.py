@@ -1,4 +1,4 @@
-"""backbone.localkafka starts a real 3-node Kafka that replicates, survives a broker's death
+"""backbone.dev.localkafka starts a real 3-node Kafka that replicates, survives a broker's death
 and stops without leaving a JVM behind."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from backbone.devcluster import wait_until
-from backbone.localkafka import LocalKafka
+from backbone.dev.cluster import wait_until
+from backbone.dev.localkafka import LocalKafka
 
 TOPIC = "replicated"
 TP = TopicPartition(TOPIC, 0)

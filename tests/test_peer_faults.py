@@ -28,17 +28,17 @@ import uvicorn
 import xxhash
 from litestar.testing import TestClient
 
-from backbone.bootstrap import (
+from backbone.dev.cluster import free_port, wait_until
+from backbone.http.internal import internal_app
+from backbone.settings import EngineSettings
+from backbone.snapshot import FileEntry, Manifest, receive_checkpoint, stream_checkpoint
+from backbone.snapshot.bootstrap import (
     OFFSET_HEADER,
     Bootstrapper,
     FixedPeers,
     Limits,
     NoSourceError,
 )
-from backbone.devcluster import free_port, wait_until
-from backbone.internal_api import internal_app
-from backbone.settings import EngineSettings
-from backbone.snapshot import FileEntry, Manifest, receive_checkpoint, stream_checkpoint
 from backbone.store import PartitionStore
 
 PARTITION = 3

@@ -1,4 +1,4 @@
-"""The SQL read model skips a zombie's changelog records (backbone.fencing), also after a
+"""The SQL read model skips a zombie's changelog records (backbone.changelog.epochs), also after a
 restart: the writer epoch is stored with the offset. Runs on a real SQLite database, and on
 PostgreSQL when TEST_POSTGRES_URL is set (CI sets it)."""
 
@@ -15,8 +15,8 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
+from backbone.changelog.epochs import claim_record, epoch_header
 from backbone.codec import AggregateCodec
-from backbone.fencing import claim_record, epoch_header
 from backbone.readmodel import Projection, ReadModel
 
 

@@ -20,7 +20,7 @@ import pytest
 import rocksdict
 import xxhash
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 from backbone.snapshot import (
     CheckpointStream,
     Checksums,

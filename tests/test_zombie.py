@@ -1,4 +1,4 @@
-"""A writer frozen past its session wakes up and writes one stale batch (backbone.fencing).
+"""A writer frozen past its session wakes up and writes one stale batch (backbone.changelog.epochs).
 
 Node 0 stalls before each changelog write (BACKBONE_FAULT_STALL_MS) and the test freezes
 it (SIGSTOP) inside that window; node 1 takes its partition over and processes every
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from clustertools import (
     assignment,

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 
-from backbone.devcluster import NodeProcess, wait_until
-from backbone.localkafka import LocalKafka
+from backbone.dev.cluster import NodeProcess, wait_until
+from backbone.dev.localkafka import LocalKafka
 
-from {{ cookiecutter.package_name }}.settings import PARTITIONS, PLURAL
+from {{ cookiecutter.package_name }}.app import SERVICE
 
 WORK = Path(".demo").resolve()
 ZONES = [{% for zone in cookiecutter.zones.split(",") %}"{{ zone }}"{% if not loop.last %}, {% endif %}{% endfor %}]
@@ -48,8 +48,8 @@ def main() -> int:
             for node in nodes:
                 node.wait_ready(timeout=90)
                 print(f"==> {node.name} ready at {node.url}")
-            wait_until(lambda: active_total(nodes) == PARTITIONS, 60, "every partition")
-            url = f"{nodes[0].url}/{PLURAL}/demo-1"
+            wait_until(lambda: active_total(nodes) == SERVICE.partitions, 60, "every partition")
+            url = f"{nodes[0].url}/{SERVICE.plural}/demo-1"
             for event in [
                 {"type": "customer_registered", "name": "Ada", "email": "ada@example.com"},
                 {"type": "order_placed", "order_id": "o-1", "amount_cents": 60_000},
@@ -60,7 +60,7 @@ def main() -> int:
 
             def read() -> Any:
                 for node in nodes:
-                    response = httpx.get(f"{node.url}/{PLURAL}/demo-1")
+                    response = httpx.get(f"{node.url}/{SERVICE.plural}/demo-1")
                     if response.status_code == 200 and response.json()["version"] == 3:
                         return response.json()
                 return None

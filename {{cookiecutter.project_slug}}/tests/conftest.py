@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backbone.devcluster import NodeProcess
-from backbone.localkafka import LocalKafka
+from backbone.dev.cluster import NodeProcess
+from backbone.dev.localkafka import LocalKafka
 
 
 @pytest.fixture(scope="session")

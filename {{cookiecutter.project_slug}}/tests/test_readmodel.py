@@ -8,7 +8,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from backbone.devcluster import wait_until
+from backbone.dev.cluster import wait_until
 
 from tests.conftest import NodeFactory
 from tests.test_service import order, register

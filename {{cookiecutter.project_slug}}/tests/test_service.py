@@ -15,8 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from backbone.devcluster import NodeProcess
-from backbone.devcluster import wait_until as wait_for
+from backbone.dev.cluster import NodeProcess
+from backbone.dev.cluster import wait_until as wait_for
 from backbone.store import PartitionStore
 
 from tests.conftest import NodeFactory

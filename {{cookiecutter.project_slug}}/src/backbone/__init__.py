@@ -5,7 +5,17 @@ It is copied verbatim into every generated service and updated with ``cruft upda
 """
 
 from backbone.domain import Context, Domain, DomainError, Event, Handlers, Upcasters
+from backbone.service import Service
 
 __version__ = "0.1.0"
 
-__all__ = ["Context", "Domain", "DomainError", "Event", "Handlers", "Upcasters", "__version__"]
+__all__ = [
+    "Context",
+    "Domain",
+    "DomainError",
+    "Event",
+    "Handlers",
+    "Service",
+    "Upcasters",
+    "__version__",
+]

@@ -1,7 +1,7 @@
 """SQL read model: aggregates projected from the changelog into a SQLAlchemy table.
 
 The changelog carries whole aggregate states, so a projection is an idempotent upsert.
-Each partition's changelog offset and writer epoch (backbone.fencing) are stored in the
+Each partition's changelog offset and writer epoch (backbone.changelog.epochs) are stored in the
 same SQL transaction as its rows, so a crash never loses or re-applies a batch, a zombie's
 records are skipped, and several projectors may share one database.
 """
@@ -19,8 +19,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.dialects import postgresql, sqlite
 
+from backbone.changelog.epochs import EpochFilter, KeyedRecord
 from backbone.codec import AggregateCodec
-from backbone.fencing import EpochFilter, KeyedRecord
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,20 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").lower()
+    if raw == "":
+        return default
+    if raw not in ("on", "off"):
+        raise SettingsError(f"{name}={raw!r}: use on or off")
+    return raw == "on"
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     service: str
     store: str
-    bootstrap_servers: str = "127.0.0.1:9092"
+    brokers: str = "127.0.0.1:9092"
     partitions: int = 12
     replication_factor: int = 1
     standby_replicas: int = 1
@@ -64,6 +74,8 @@ class EngineSettings:
     bootstrap_min_bytes_per_s: int = 1_000_000
     bootstrap_stall_s: int = 30
     checkpoint_send_timeout_s: int = 30
+    read_model: bool = True
+    read_model_url: str = field(default="", repr=False)  # may carry a password
 
     @classmethod
     def from_env(
@@ -72,7 +84,7 @@ class EngineSettings:
         store: str,
         partitions: int,
         standby_replicas: int,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> EngineSettings:
         e = dict(os.environ if env is None else env)
         tracing = e.get("OTEL_EXPORTER", "none").lower()
@@ -91,7 +103,7 @@ class EngineSettings:
         return cls(
             service=e.get("SERVICE_NAME", service),
             store=store,
-            bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            brokers=e.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             partitions=_int(e, "PARTITIONS", partitions, 1),
             replication_factor=_int(e, "REPLICATION_FACTOR", 1, 1),
             standby_replicas=_int(e, "STANDBY_REPLICAS", standby_replicas, 0),
@@ -124,4 +136,6 @@ class EngineSettings:
             bootstrap_min_bytes_per_s=_int(e, "BOOTSTRAP_MIN_BYTES_PER_S", 1_000_000, 0),
             bootstrap_stall_s=_int(e, "BOOTSTRAP_STALL_S", 30, 1),
             checkpoint_send_timeout_s=_int(e, "CHECKPOINT_SEND_TIMEOUT_S", 30, 1),
+            read_model=_on_off(e, "READ_MODEL", True),
+            read_model_url=e.get("READ_MODEL_URL", ""),
         )

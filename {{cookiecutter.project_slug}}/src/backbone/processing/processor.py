@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from opentelemetry import propagate, trace
 
-from backbone.changelog import ChangelogReader
+from backbone.changelog.reader import ChangelogReader
+from backbone.changelog.writer import ChangelogWriter, Sent
 from backbone.processing.apply import BatchApplier, BatchResult, dead_letter_headers
-from backbone.processing.changelog_writer import ChangelogWriter, Sent
 from backbone.store import PartitionStore
 from backbone.store.registry import StoreRegistry
 from backbone.topics import Topics

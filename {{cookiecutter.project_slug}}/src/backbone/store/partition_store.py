@@ -34,7 +34,7 @@ class Meta:
     changelog_offset: int
     input_offset: int
     generation: int
-    writer_epoch: int = 0  # the highest changelog writer epoch applied (backbone.fencing)
+    writer_epoch: int = 0  # the highest changelog writer epoch applied (backbone.changelog.epochs)
     # While rebuilding from the input: outputs of input offsets below this were sent.
     outputs_sent: int = 0
 

@@ -34,9 +34,9 @@ from litestar.status_codes import (
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from backbone.bootstrap import OFFSET_HEADER
-from backbone.runtime import Engine, NotOwnedError
+from backbone.node.engine import Engine, NotOwnedError
 from backbone.snapshot import stream_checkpoint
+from backbone.snapshot.bootstrap import OFFSET_HEADER
 
 log = structlog.get_logger(__name__)
 

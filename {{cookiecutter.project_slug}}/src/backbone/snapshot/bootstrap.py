@@ -25,13 +25,10 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from backbone.routing import Replica, RoutingTable
 from backbone.settings import EngineSettings
-from backbone.snapshot import Manifest, receive_checkpoint, verify_checkpoint
-from backbone.store.registry import StoreRegistry
-from backbone.topics import Topics
+from backbone.snapshot.checkpoint import Manifest, verify_checkpoint
+from backbone.snapshot.install import receive_checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -86,46 +83,6 @@ class Peers(Protocol):
         """Whether another member reports a store of the partition that the changelog
         still completes (its offset is at or past the changelog's first offset)."""
         ...
-
-
-class GroupPeers:
-    """Peers learned from the consumer group's description."""
-
-    def __init__(self, routing: RoutingTable, zone: str, self_url: str) -> None:
-        self.routing = routing
-        self.zone = zone
-        self.self_url = self_url
-
-    async def refresh(self) -> None:
-        await self.routing.refresh()
-
-    def sources(self, partition: int) -> list[str]:
-        """Same zone first, then standbys before the active."""
-        routes = self.routing.routes
-        standbys = routes.standbys.get(partition, [])
-        active = routes.active.get(partition)
-        candidates: list[tuple[int, int, Replica]] = [
-            (0 if r.zone == self.zone else 1, 0, r) for r in standbys
-        ]
-        if active is not None:
-            candidates.append((0 if active.zone == self.zone else 1, 1, active))
-        ordered = [r.endpoint for _, _, r in sorted(candidates, key=lambda c: c[:2])]
-        return [url for url in dict.fromkeys(ordered) if url != self.self_url]
-
-    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
-        """Offsets are as of the member's last join: a replica that reported state then
-        has followed the changelog since; any other store is complete only if the
-        changelog still reaches back to it."""
-        routes = self.routing.routes
-        replicas = {r.endpoint for r in routes.standbys.get(partition, [])}
-        if (active := routes.active.get(partition)) is not None:
-            replicas.add(active.endpoint)
-        return any(
-            replica.endpoint != self.self_url
-            and offset > 0
-            and (replica.endpoint in replicas or offset >= changelog_begin)
-            for replica, offset in routes.holders.get(partition, [])
-        )
 
 
 class FixedPeers:
@@ -373,56 +330,3 @@ class Bootstrapper:
             verify_checkpoint(directory, manifest, end)
 
         return await receive_checkpoint(download, target, self.staging_root, report, check, verify)
-
-
-def client_tls(settings: EngineSettings) -> ssl.SSLContext | None:
-    """The client side of mutual TLS on the internal API, when it is configured."""
-    if not settings.tls_cert:
-        return None
-    context = ssl.create_default_context(cafile=settings.tls_ca)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
-
-
-async def bootstrap_offline(
-    settings: EngineSettings,
-    partition: int,
-    sources: Sequence[str] = (),
-    deadline_s: float | None = None,
-) -> Manifest:
-    """``<service> bootstrap``: replace a stopped node's store of ``partition`` by a peer's
-    checkpoint; the node tails the changelog from there when it starts. A store that
-    RocksDB cannot open is quarantined first."""
-    if not 0 <= partition < settings.partitions:
-        raise ValueError(f"partition {partition} does not exist: use 0..{settings.partitions - 1}")
-    stores = StoreRegistry(settings.data_dir, settings.store)
-    stores.open(partition)  # StoreLockedError while the node runs: it must be stopped first
-    stores.close(partition)
-    topics = Topics(settings.service, settings.store)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    routing = RoutingTable(settings.bootstrap_servers, topics.group)
-    await consumer.start()
-    await routing.start()
-    try:
-        tp = TopicPartition(topics.changelog, partition)
-        begin = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        peers: Peers = (
-            FixedPeers(sources)
-            if sources
-            else GroupPeers(routing, settings.zone, settings.internal_url)
-        )
-        limits = Limits.from_settings(settings)
-        if deadline_s is not None:
-            limits = Limits(deadline_s, limits.min_bytes_per_s, limits.stall_window_s)
-        bootstrapper = Bootstrapper(
-            peers,
-            client_tls(settings),
-            settings.internal_token,
-            settings.data_dir / "incoming",
-            limits,
-        )
-        return await bootstrapper.bootstrap(partition, stores.path(partition), begin, end)
-    finally:
-        await routing.stop()
-        await consumer.stop()

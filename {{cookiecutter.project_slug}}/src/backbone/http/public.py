@@ -17,8 +17,8 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.node.engine import Engine, NotOwnedError
 from backbone.readmodel import QueryError, ReadModel
-from backbone.runtime import Engine, NotOwnedError
 
 MAX_ID_LENGTH = 256
 FORWARDED_HEADER = "x-backbone-forwarded-by"

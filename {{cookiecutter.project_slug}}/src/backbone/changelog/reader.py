@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from backbone.fencing import EpochFilter
+from backbone.changelog.epochs import EpochFilter
 from backbone.store import PartitionStore
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ class Progress:
     records: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
-    # Keys of records a zombie wrote, which the restore skipped (backbone.fencing).
+    # Keys of records a zombie wrote, which the restore skipped (backbone.changelog.epochs).
     stale: _Keys = field(default_factory=set)
 
     def as_dict(self) -> dict[str, object]:

@@ -1,8 +1,8 @@
 """A real local Apache Kafka cluster (KRaft, 1 or 3 nodes on 127.0.0.1) for tests, demo, benchmarks.
 
-    python -m backbone.localkafka start [--nodes 1|3] [--dir .kafka] [--timeout 90]
-    python -m backbone.localkafka stop [--dir .kafka] [--wipe]
-    python -m backbone.localkafka jars
+    python -m backbone.dev.localkafka start [--nodes 1|3] [--dir .kafka] [--timeout 90]
+    python -m backbone.dev.localkafka stop [--dir .kafka] [--wipe]
+    python -m backbone.dev.localkafka jars
 
 Jars come from Maven Central and are cached in $BACKBONE_KAFKA_CACHE/kafka-<version>/lib
 (default ~/.cache/backbone); the version is $BACKBONE_KAFKA_VERSION (default 4.1.1).
@@ -381,7 +381,7 @@ class LocalKafka:
 def main(argv: list[str] | None = None) -> int:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        "python -m backbone.localkafka", description=__doc__, formatter_class=raw
+        "python -m backbone.dev.localkafka", description=__doc__, formatter_class=raw
     )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start brokers, print the bootstrap address, exit")

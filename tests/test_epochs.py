@@ -1,4 +1,4 @@
-"""Writer epochs (backbone.fencing): what readers skip and what a writer sees as foreign."""
+"""Writer epochs (backbone.changelog.epochs): what readers skip, what a writer sees as foreign."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from backbone.fencing import (
+from backbone.changelog.epochs import (
     CLAIM_KEY,
     EpochFilter,
     claim_record,

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from backbone.bootstrap import client_tls
-from backbone.routing import RoutingTable
+from backbone.http.tls import client_tls
+from backbone.node.routing import RoutingTable
 from backbone.settings import EngineSettings
 from backbone.topics import Topics
 
@@ -24,7 +24,7 @@ async def accept_loss(
     if not 0 <= partition < settings.partitions:
         raise ValueError(f"partition {partition} does not exist: use 0..{settings.partitions - 1}")
     if node_url is None:
-        routing = RoutingTable(settings.bootstrap_servers, Topics(settings.service, "").group)
+        routing = RoutingTable(settings.brokers, Topics(settings.service, "").group)
         await routing.start()
         try:
             await routing.refresh()

@@ -19,22 +19,24 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from backbone.assignment import BackboneAssignor
-from backbone.bootstrap import Bootstrapper, GroupPeers, Limits, NoSourceError, client_tls
-from backbone.changelog import ChangelogMismatchError, ChangelogReader
+from backbone.changelog.reader import ChangelogMismatchError, ChangelogReader
 from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
+from backbone.http.tls import client_tls
+from backbone.node.peers import GroupPeers
+from backbone.node.routing import RoutingTable
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier
 from backbone.processing.processor import Processor
-from backbone.routing import RoutingTable
 from backbone.settings import EngineSettings
+from backbone.snapshot.bootstrap import Bootstrapper, Limits, NoSourceError
 from backbone.store import PartitionStore
 from backbone.store.registry import StoreRegistry
 from backbone.topics import Topics, changelog_config, ensure_topics
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("backbone.runtime")
+tracer = trace.get_tracer("backbone.node.engine")
 
 RESTORE_RETRY_S = 2.0
 CLAIM_ATTEMPTS = 5
@@ -123,7 +125,7 @@ class Engine(Generic[A]):
             local_state=self._local_state,
             acceptable_lag=self.settings.acceptable_lag,
         )
-        self.routing = RoutingTable(self.settings.bootstrap_servers, self.topics.group)
+        self.routing = RoutingTable(self.settings.brokers, self.topics.group)
         tls = client_tls(self.settings)
         self._http = httpx.AsyncClient(timeout=10.0, verify=tls if tls else True)
         self.bootstrapper = Bootstrapper(
@@ -135,7 +137,7 @@ class Engine(Generic[A]):
         )
         client_id = f"{self.settings.service}-{self.settings.node_id}"
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            bootstrap_servers=self.settings.brokers,
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -144,7 +146,7 @@ class Engine(Generic[A]):
             max_request_size=8 * 1024 * 1024,
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            bootstrap_servers=self.settings.brokers,
             client_id=client_id,
             group_id=self.topics.group,
             # Static membership: a restarted node takes its partitions back without a
@@ -161,7 +163,7 @@ class Engine(Generic[A]):
             partition_assignment_strategy=(self.assignor,),
         )
         self.reader = ChangelogReader(
-            self.settings.bootstrap_servers, self.topics.changelog, client_id, self._on_gap
+            self.settings.brokers, self.topics.changelog, client_id, self._on_gap
         )
         self.processor = Processor(
             self.consumer,
@@ -216,7 +218,7 @@ class Engine(Generic[A]):
     async def start(self) -> None:
         self._create_clients()
         self._register_metrics()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.brokers)
         await admin.start()
         try:
             await ensure_topics(

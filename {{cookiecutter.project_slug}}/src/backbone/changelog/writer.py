@@ -1,4 +1,4 @@
-"""An active node's changelog writes, guarded by writer epochs (backbone.fencing).
+"""An active node's changelog writes, guarded by writer epochs (backbone.changelog.epochs).
 
 It claims a partition at takeover, tags every record with its epoch, and checks that only
 its own records lie between its store's changelog offset and what it just wrote: it reports
@@ -14,8 +14,14 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from backbone.changelog import ChangelogReader
-from backbone.fencing import CLAIM_KEY, claim_record, epoch_header, foreign_ranges, record_epoch
+from backbone.changelog.epochs import (
+    CLAIM_KEY,
+    claim_record,
+    epoch_header,
+    foreign_ranges,
+    record_epoch,
+)
+from backbone.changelog.reader import ChangelogReader
 from backbone.store import PartitionStore
 
 log = structlog.get_logger(__name__)

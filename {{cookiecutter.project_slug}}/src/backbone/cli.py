@@ -1,0 +1,149 @@
+"""A service's command line: ``run`` a node, and the admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import ConsumerRecord
+
+from backbone.admin import dlq
+from backbone.admin.bootstrap import bootstrap_offline
+from backbone.admin.loss import AdminError, accept_loss
+from backbone.observability import configure_logging
+from backbone.settings import SettingsError
+from backbone.snapshot.bootstrap import NoSourceError
+from backbone.store import StoreLockedError
+from backbone.topics import Topics
+
+if TYPE_CHECKING:
+    from backbone.service import Service
+
+
+def _run(service: Service[Any], _: argparse.Namespace) -> int:
+    from backbone.http.internal import internal_app
+    from backbone.http.serve import serve
+
+    settings = service.settings()
+    app = service.app(settings)
+    asyncio.run(serve(app, internal_app(app.state.engine), settings))
+    return 0
+
+
+def _bootstrap(service: Service[Any], args: argparse.Namespace) -> int:
+    settings = service.settings()
+    configure_logging(settings.log_level)
+    manifest = asyncio.run(
+        bootstrap_offline(settings, args.partition, args.source or (), args.timeout)
+    )
+    print(
+        f"installed partition {manifest.partition}: {manifest.total_bytes()} bytes, "
+        f"changelog offset {manifest.changelog_offset}; start the node to tail from there"
+    )
+    return 0
+
+
+def _accept_loss(service: Service[Any], args: argparse.Namespace) -> int:
+    settings = service.settings()
+    configure_logging(settings.log_level)
+    done = asyncio.run(accept_loss(settings, args.partition, args.node))
+    changelog = done["missing_changelog_offsets"]
+    events = done["missing_event_offsets"]
+    print(
+        f"accepted the loss of partition {args.partition}: changelog offsets "
+        f"{changelog[0]}..{changelog[1] - 1} and event offsets {events[0]}..{events[1] - 1} "
+        "are gone; the partition is rebuilt from what is left and then served"
+    )
+    return 0
+
+
+def _dlq_replay(service: Service[Any], args: argparse.Namespace) -> int:
+    settings = service.settings()
+    configure_logging(settings.log_level)
+    if args.offset and args.partition is None:
+        print("error: --offset needs --partition (offsets are per partition)", file=sys.stderr)
+        return 2
+    selection = dlq.Selection(
+        partition=args.partition, offsets=frozenset(args.offset or ()), reason=args.reason
+    )
+
+    def show(record: ConsumerRecord[bytes, bytes]) -> None:
+        headers = {k: v.decode(errors="replace") for k, v in record.headers}
+        print(
+            f"{record.partition}/{record.offset} key={(record.key or b'').decode(errors='replace')}"
+            f" reason={headers.get('dlq-reason')} error={headers.get('dlq-error')}"
+        )
+
+    topics = Topics(settings.service, settings.store)
+    report = asyncio.run(dlq.replay(settings.brokers, topics, selection, args.dry_run, show))
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(report.replayed)} of {report.scanned} dead letters")
+    return 0
+
+
+def parser(service: Service[Any]) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog=service.name, description=f"{service.title} service node and admin commands."
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a service node (settings from the environment)")
+    run.set_defaults(func=_run)
+    dlq_parser = commands.add_parser("dlq", help="dead-letter topic commands")
+    dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
+    replay = dlq_commands.add_parser(
+        "replay", help="re-submit dead letters to the events topic after a fix"
+    )
+    replay.add_argument("--partition", type=int, help="only this DLQ partition")
+    replay.add_argument("--offset", type=int, action="append", help="only this offset (repeatable)")
+    replay.add_argument("--reason", help="only this dlq-reason, e.g. rejected, invalid_event")
+    replay.add_argument("--dry-run", action="store_true", help="list, do not re-submit")
+    replay.set_defaults(func=_dlq_replay)
+    boot = commands.add_parser(
+        "bootstrap", help="replace a stopped node's partition store by a peer's checkpoint"
+    )
+    boot.add_argument("--partition", type=int, required=True, help="partition to bootstrap")
+    boot.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        action="append",
+        help="internal URL of a peer, repeatable, tried in order "
+        "(default: the group's holders, same zone first)",
+    )
+    boot.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long (default 300)",
+    )
+    boot.set_defaults(func=_bootstrap)
+    loss = commands.add_parser(
+        "accept-loss", help="accept that a partition reported incomplete lost its deleted history"
+    )
+    loss.add_argument("--partition", type=int, required=True, help="the incomplete partition")
+    loss.add_argument("--node", metavar="URL", help="internal URL of its node (default: owner)")
+    loss.set_defaults(func=_accept_loss)
+    return root
+
+
+def main(service: Service[Any], argv: list[str] | None = None) -> int:
+    args = parser(service).parse_args(argv)
+    try:
+        code: int = args.func(service, args)
+    except (
+        SettingsError,
+        LookupError,
+        ValueError,
+        NoSourceError,
+        StoreLockedError,
+        AdminError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a message, not a traceback, for any other failure
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return code

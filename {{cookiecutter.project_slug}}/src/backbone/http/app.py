@@ -1,0 +1,65 @@
+"""The public Litestar application of a node: the engine, its routes and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Router
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+from backbone.http.public import admin_routes, aggregate_routes, health_routes, read_model_routes
+from backbone.node.engine import Engine
+from backbone.observability import configure_logging, configure_tracing
+from backbone.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from backbone.service import Service
+
+
+def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
+    configure_logging(settings.log_level)
+    provider = configure_tracing(settings.service, settings.tracing, settings.node_id)
+    engine = Engine(settings, service.domain)
+    route_handlers: list[Router] = [
+        aggregate_routes(engine, service.plural),
+        health_routes(engine),
+        admin_routes(engine),
+    ]
+    services: list[Any] = []
+    # READ_MODEL=off leaves projection to other processes (e.g. one writer for PostgreSQL).
+    if service.projection is not None and settings.read_model:
+        from backbone.readmodel import Projector, ReadModel
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.read_model_url or f"sqlite:///{settings.data_dir / 'readmodel.db'}"
+        model = ReadModel(url, service.projection, service.domain.aggregate)
+        services.append(
+            Projector(settings.brokers, engine.topics.changelog, settings.partitions, model)
+        )
+        route_handlers.append(read_model_routes(model, service.plural))
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await engine.start()
+        for part in services:
+            await part.start()
+        try:
+            yield
+        finally:
+            for part in reversed(services):
+                await part.stop()
+            await engine.stop()
+            if provider is not None:
+                provider.shutdown()
+
+    app = Litestar(
+        route_handlers=route_handlers,
+        lifespan=[lifespan],
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig())] if provider else [],
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # structlog, configured above, owns logging
+    )
+    app.state.engine = engine
+    return app
