@@ -174,8 +174,6 @@ class Engine(Generic[A]):
             self.reader,
             self.settings.max_batch_records,
             on_fenced=self._on_fenced,
-            fault_delay_s=self.settings.fault_delay_ms / 1000,
-            fault_stall_s=self.settings.fault_stall_ms / 1000,
         )
 
     def _register_metrics(self) -> None:

@@ -44,8 +44,6 @@ class Processor:
         reader: ChangelogReader,
         max_records: int,
         on_fenced: Callable[[int], None] = lambda _: None,
-        fault_delay_s: float = 0.0,
-        fault_stall_s: float = 0.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -55,8 +53,6 @@ class Processor:
         self.writer = ChangelogWriter(producer, topics.changelog, reader, self._superseded)
         self.max_records = max_records
         self.on_fenced = on_fenced
-        self.fault_delay_s = fault_delay_s
-        self.fault_stall_s = fault_stall_s
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
         # Per partition being rebuilt from its input: the input offset below which its
@@ -116,16 +112,7 @@ class Processor:
                 span.end()
             return
         try:
-            if self.fault_stall_s:
-                # Fault injection for the zombie test: a window in which the test freezes
-                # the node, after the membership check and before the changelog write.
-                log.warning("fault_stall", partitions=sorted(r.partition for r in results))
-                await asyncio.sleep(self.fault_stall_s)
-            sent = await asyncio.gather(*(self._publish(r) for r in results))
-            if self.fault_delay_s:
-                # Fault injection for crash tests: widen the changelog-acked, store-not-yet-
-                # written window so that a SIGKILL lands in it.
-                await asyncio.sleep(self.fault_delay_s)
+            sent = await self._publish_all(results)
             done = []
             for result, changelog in zip(results, sent, strict=True):
                 store = self.stores.get(result.partition)
@@ -148,6 +135,10 @@ class Processor:
         finally:
             for span in spans:
                 span.end()
+
+    async def _publish_all(self, results: list[BatchResult]) -> list[Sent | None]:
+        """Publish every partition's records of the batch; returns once all are acked."""
+        return list(await asyncio.gather(*(self._publish(r) for r in results)))
 
     def _spans(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[trace.Span]:
         spans = []
