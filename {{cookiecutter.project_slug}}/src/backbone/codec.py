@@ -2,7 +2,8 @@
 
 Events are JSON (readable by other systems); their type and schema version also travel in
 record headers so that old shapes can be upcast. Aggregates are msgpack, prefixed by the
-input offset of the last event applied to them (the fence of invariant 1).
+input offset of the last event applied to them: the aggregate's fence, below which
+input records are skipped as already applied, so a record read again is never applied twice.
 """
 
 from __future__ import annotations

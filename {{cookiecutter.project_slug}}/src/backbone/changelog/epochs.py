@@ -2,7 +2,7 @@
 
 A node frozen past its session (GC pause, SIGSTOP, a partitioned network) can wake up and
 append one more batch to a changelog partition that another node owns by then; group
-membership cannot stop a write already under way (decision 0011). So:
+membership cannot stop a write already under way, and Kafka transactions are not used. So:
 
 - An active **claims** a partition when it takes it over: once restored to the
   changelog's end it appends a claim record with epoch = the highest epoch seen + 1, and

@@ -295,7 +295,8 @@ class ChangelogReader:
                     tp, task.progress.position
                 ):
                     # The consumer jumped over records retention deleted: applying the rest
-                    # would silently lose keys (invariant 2).
+                    # would silently lose keys, and the store would no longer hold what
+                    # the active holds.
                     gaps[tp] = task.progress.position
                     continue
                 stale = len(task.epochs.stale)

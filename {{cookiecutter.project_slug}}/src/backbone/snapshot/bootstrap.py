@@ -2,7 +2,8 @@
 
 A replica with no usable state (new node, lost disk, changelog truncated past it) must not
 replay gigabytes of changelog: it streams a peer's RocksDB checkpoint, verifies it, installs
-it, then tails the changelog from the checkpoint's own offset (invariants 1 and 3).
+it, then tails the changelog from the checkpoint's own offset: data and offsets come from
+one checkpoint, so nothing is skipped and the fences make any overlap harmless.
 
 Peers are not trusted to behave: any error from one source moves on to the next, busy or
 failing sources are retried with backoff and jitter until an overall deadline, and a
@@ -306,7 +307,8 @@ class Bootstrapper:
         except ValueError:
             raise SourceError(f"{OFFSET_HEADER} is {raw[:40]!r}, not an offset") from None
         if offset < begin:
-            # Invariant 3: records between the checkpoint and the changelog's start are gone.
+            # Records between the checkpoint and the changelog's start are gone: installing
+            # it would leave the store without them, with no way to catch up.
             raise SourceError(
                 f"checkpoint at changelog offset {offset} is older than the changelog's "
                 f"first offset {begin}: installing it would leave a gap"

@@ -169,7 +169,8 @@ def create_checkpoint(store: PartitionStore, workdir: Path) -> tuple[Path, Manif
     try:
         Checkpoint(store._db).create_checkpoint(str(directory))
         # Offsets come from the checkpoint, not from the live store, which may have moved
-        # on since: data and offsets from one checkpoint (DESIGN.md invariant 3).
+        # on since: data and offsets from one checkpoint, so the receiver resumes exactly
+        # where the copied data ends.
         changelog_offset, input_offset, generation = _read_meta(directory)
         files = tuple(_describe(path) for path in sorted(directory.iterdir()))
     except BaseException:

@@ -1,11 +1,12 @@
 """Client side of cold bootstrap: receive a checkpoint tar from a peer and install it.
 
-The peer is not trusted (DESIGN.md invariant 6): every tar header is checked against the
-manifest before a byte of its member is written, every file is hashed as it arrives and
-compared with the checksums that close the archive, and nothing reaches ``target`` unless
-the whole archive checked out. The parser is our own and accepts plain ustar regular files
-only, so no tar feature (links, devices, pax or GNU long-name headers, sparse files) can be
-turned against us.
+The peer is not trusted: a buggy or hostile peer must neither write outside the store
+being installed nor install a store other than the one it announced. So every tar header
+is checked against the manifest before a byte of its member is written, every file is
+hashed as it arrives and compared with the checksums that close the archive, and nothing
+reaches ``target`` unless the whole archive checked out. The parser is our own and
+accepts plain ustar regular files only, so no tar feature (links, devices, pax or GNU
+long-name headers, sparse files) can be turned against us.
 
 The archive is read in a worker thread straight into the writer's aligned buffers: one
 copy from the socket, none on the way to the disk.
