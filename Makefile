@@ -18,8 +18,10 @@ $(VENV)/.ready: requirements-dev.txt
 	$(BIN)/python -m backbone.dev.localkafka jars
 	touch $@
 
+# PostgreSQL too: a throwaway server of its own unless TEST_POSTGRES_URL is set, and the tests
+# that use it fail instead of skipping when it is missing (BACKBONE_REQUIRE_POSTGRES).
 test: setup
-	$(BIN)/python -m pytest tests
+	BACKBONE_REQUIRE_POSTGRES=1 scripts/with_postgres.sh $(BIN)/python -m pytest tests
 
 demo: setup
 	$(BIN)/python scripts/demo.py
