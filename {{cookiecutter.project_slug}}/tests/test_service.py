@@ -94,31 +94,111 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(node_factory: NodeFactory
     assert post(node, "c-1", huge).status_code == 413
 
 
+# The example domain's rules, restated here as the reference the service is checked against:
+# the expected state is folded in the test from the events it sent, never read from the service.
+REFERENCE_TIERS = (("platinum", 1_000_000), ("gold", 250_000), ("silver", 50_000), ("bronze", 0))
+
+
+def reference_fold(aggregate_id: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state the events imply, each applied exactly once and in order."""
+    state: dict[str, Any] = {}
+    for event in events:
+        kind = event["type"]
+        if kind == "customer_registered":
+            state = {
+                "id": aggregate_id,
+                "name": event["name"],
+                "email": event["email"],
+                "lifetime_value_cents": 0,
+                "order_count": 0,
+                "refunded_cents": 0,
+                "loyalty_points": 0,
+                "tier": "bronze",
+                "version": 0,
+            }
+        elif kind == "profile_updated":
+            state["name"] = event.get("name") or state["name"]
+            state["email"] = event.get("email") or state["email"]
+        elif kind == "order_placed":
+            state["lifetime_value_cents"] += event["amount_cents"]
+            state["order_count"] += 1
+        elif kind == "order_refunded":
+            assert event["amount_cents"] <= state["lifetime_value_cents"], "a refund too big"
+            state["lifetime_value_cents"] -= event["amount_cents"]
+            state["refunded_cents"] += event["amount_cents"]
+        elif kind == "loyalty_points_earned":
+            state["loyalty_points"] += event["points"]
+        else:
+            raise AssertionError(f"no reference rule for {kind}")
+        value = state["lifetime_value_cents"]
+        state["tier"] = next(name for name, floor in REFERENCE_TIERS if value >= floor)
+        state["version"] += 1
+    return state
+
+
 def test_sigkill_and_restart_loses_nothing_and_applies_nothing_twice(
     node_factory: NodeFactory,
 ) -> None:
+    """After a SIGKILL with events in flight and a restart, every aggregate's whole state is
+    what the events sent imply, each applied once: compared with reference_fold, not with
+    anything the service reports."""
+    ids = [f"c-{i}" for i in range(8)]
+    sent: dict[str, list[dict[str, Any]]] = {aggregate_id: [] for aggregate_id in ids}
+
+    def send(node: NodeProcess, aggregate_id: str, event: dict[str, Any]) -> None:
+        response = post(node, aggregate_id, event)
+        assert response.status_code == 202, response.text
+        sent[aggregate_id].append(event)
+
+    def lifetime(aggregate_id: str) -> int:
+        return int(reference_fold(aggregate_id, sent[aggregate_id])["lifetime_value_cents"])
+
+    def traffic(node: NodeProcess, numbers: range) -> None:
+        """Orders big enough to cross tiers, refunds, points and profile changes."""
+        for n in numbers:
+            aggregate_id = ids[n % len(ids)]
+            if n % 7 == 3 and lifetime(aggregate_id) >= 1_000:
+                event = {"type": "order_refunded", "order_id": f"o-{n}", "amount_cents": 1_000}
+            elif n % 5 == 4:
+                event = {"type": "loyalty_points_earned", "points": n}
+            elif n % 11 == 6:
+                event = {"type": "profile_updated", "email": f"{aggregate_id}-{n}@example.com"}
+            else:
+                cents = 250 * (n % len(ids) + 1) ** 3 + n  # a tier apart, ids[7] platinum
+                event = {"type": "order_placed", "order_id": f"o-{n}", "amount_cents": cents}
+            send(node, aggregate_id, event)
+
+    def reaches(node: NodeProcess, aggregate_id: str) -> Callable[[], Any]:
+        """The service's state once it has applied as many events as were sent, or more."""
+        version = len(sent[aggregate_id])
+
+        def check() -> Any:
+            state = get_state(node, aggregate_id)
+            return state if state is not None and state["version"] >= version else None
+
+        return check
+
     node = node_factory().start()
     node.wait_ready()
-    ids = [f"c-{i}" for i in range(8)]
-    expected = dict.fromkeys(ids, 0)
-    for aggregate_id in ids:
-        register(node, aggregate_id)
-    for n in range(40):
-        aggregate_id = ids[n % len(ids)]
-        order(node, aggregate_id, n + 1, n)
-        expected[aggregate_id] += n + 1
+    for i, aggregate_id in enumerate(ids):
+        name, email = f"Customer {i}", f"{aggregate_id}@example.com"
+        send(node, aggregate_id, {"type": "customer_registered", "name": name, "email": email})
+    traffic(node, range(0, 40))
+    wait_for(reaches(node, ids[0]), what="the first events to be applied before the crash")
+    traffic(node, range(40, 80))  # still in flight when the node dies
     node.kill()
+
     restarted = node_factory().start()  # same name: same data dir and static member id
     restarted.wait_ready()
-    for n in range(40, 60):
-        aggregate_id = ids[n % len(ids)]
-        order(restarted, aggregate_id, n + 1, n)
-        expected[aggregate_id] += n + 1
-    for aggregate_id, total in expected.items():
-        wait_for(
-            state_with(restarted, aggregate_id, lifetime_value_cents=total),
-            what=f"{aggregate_id} to reach {total}",
-        )
+    traffic(restarted, range(80, 120))
+
+    expected = {key: reference_fold(key, events) for key, events in sent.items()}
+    assert {state["tier"] for state in expected.values()} == {name for name, _ in REFERENCE_TIERS}
+    actual = {
+        aggregate_id: wait_for(reaches(restarted, aggregate_id), what=f"{aggregate_id} to catch up")
+        for aggregate_id in ids
+    }
+    assert actual == expected
 
 
 def test_a_wiped_disk_is_rebuilt_from_the_changelog(node_factory: NodeFactory) -> None:
