@@ -481,16 +481,13 @@ def test_a_sole_survivor_keeps_a_copy_of_everything_it_holds(replicas: int) -> N
     assert later.actives == result.actives
 
 
-def test_large_group_plans_fast() -> None:
-    import time
-
+def test_large_group_is_balanced_and_sticky() -> None:
+    """1,200 members, 3,600 partitions: its planning time is bench/assignment_plan.py's."""
     members = [
         MemberInfo(f"m-{n:03d}-{k}", f"node{n}", ZONES[n % 3]) for n in range(400) for k in range(3)
     ]
-    started = time.perf_counter()
     first = plan(members, 3_600, 2)
     again = plan(feed(members, first), 3_600, 2)
-    assert time.perf_counter() - started < 2.0
     assert again == first
     assert first.zone_conflicts == first.missing_standbys == 0 and first.unmet == []
     assert {len(ps) for ps in first.actives.values()} == {3}
