@@ -240,10 +240,11 @@ class Service:
     def changelog(self) -> str:
         return f"{self.name}.customer-changelog"
 
-    def node(self, i: int, **extra: str) -> NodeProcess:
-        """Node ``i`` lives in zone ``i``; the same ``i`` again reuses its data dir."""
+    def node(self, i: int, faults: dict[str, str] | None = None, **extra: str) -> NodeProcess:
+        """Node ``i`` lives in zone ``i``; the same ``i`` again reuses its data dir.
+        ``faults``: run it under ``backbone.dev.faults`` with these variables."""
         env = {**self.env, "ZONE": ZONES[i % len(ZONES)], **extra}
-        return NodeProcess("customer_backbone", f"node-{i}", self.workdir, env)
+        return NodeProcess("customer_backbone", f"node-{i}", self.workdir, env, faults=faults)
 
     def load(self, events: list[tuple[bytes, bytes]], chunk: int, pause: float) -> threading.Thread:
         """A producer thread spreading ``events`` over time (its pause shapes the load; it

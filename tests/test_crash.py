@@ -51,15 +51,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
         PARTITIONS,
         CHANGELOG_RETENTION_MS="-1",  # one node, no peer: the changelog must stay whole
         MAX_BATCH_RECORDS="5000",  # small batches: kills land between every step
-        # Hold each batch between the changelog ack and the store write, so that some kills
-        # land there: the store then restores from the changelog and must skip input it
-        # has already applied (the per-aggregate fence).
-        BACKBONE_FAULT_DELAY_MS="150",
     )
     events, reference = make_stream(keys=10_000, orders=190_000, seed=SEED)  # 200k events
 
     def node(name: str) -> NodeProcess:
-        return NodeProcess("customer_backbone", name, tmp_path, service.env)
+        # Hold each batch between the changelog ack and the store write, so that some kills
+        # land there: the store then restores from the changelog and must skip input it
+        # has already applied (the per-aggregate fence).
+        faults = {"FAULT_DELAY_MS": "150"}
+        return NodeProcess("customer_backbone", name, tmp_path, service.env, faults=faults)
 
     def progress() -> int:
         """Events the node has committed so far."""

@@ -1,10 +1,11 @@
 """A writer frozen past its session wakes up and writes one stale batch (backbone.changelog.epochs).
 
-Node 0 stalls before each changelog write (BACKBONE_FAULT_STALL_MS) and the test freezes
-it (SIGSTOP) inside that window; node 1 takes its partition over and processes every
-event; node 0 is thawed and appends its stale batch after node 1's records. Nothing may
-come of it: no event lost or applied twice, standbys equal to their actives, and the last
-changelog record of every key (what compaction keeps) equal to the active's state.
+Node 0 runs under backbone.dev.faults and stalls before each changelog write
+(FAULT_STALL_MS); the test freezes it (SIGSTOP) inside that window; node 1 takes its
+partition over and processes every event; node 0 is thawed and appends its stale batch
+after node 1's records. Nothing may come of it: no event lost or applied twice, standbys
+equal to their actives, and the last changelog record of every key (what compaction keeps)
+equal to the active's state.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
     # The last events come once node 0 is back: every active's next batch checks what lies
     # behind its own records, so the end state no longer depends on idle-time checks.
     first, rest, last = events[:1_000], events[1_000:-100], events[-100:]
-    zombie = service.node(0, BACKBONE_FAULT_STALL_MS="3000").start()
+    zombie = service.node(0, faults={"FAULT_STALL_MS": "3000"}).start()
     survivor = service.node(1).start()
     nodes = [zombie, survivor]
     try:

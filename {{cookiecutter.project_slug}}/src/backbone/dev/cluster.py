@@ -39,7 +39,11 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    """One ``<package> run`` process with its own data dir, port and log file."""
+    """One ``<package> run`` process with its own data dir, port and log file.
+
+    ``faults`` (e.g. ``{"FAULT_DELAY_MS": "150"}``) runs it under ``backbone.dev.faults``,
+    with those variables set; ``None`` runs the service's command as production does.
+    """
 
     def __init__(
         self,
@@ -48,8 +52,10 @@ class NodeProcess:
         workdir: Path,
         env: Mapping[str, str],
         port: int | None = None,
+        faults: Mapping[str, str] | None = None,
     ) -> None:
         self.package = package
+        self.faults = dict(faults) if faults is not None else None
         self.name = name
         self.port = port or free_port()
         self.internal_port = free_port()
@@ -62,6 +68,7 @@ class NodeProcess:
             "INTERNAL_PORT": str(self.internal_port),
             "DATA_DIR": str(self.data_dir),
             **env,
+            **(self.faults or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -73,11 +80,17 @@ class NodeProcess:
     def internal_url(self) -> str:
         return f"http://127.0.0.1:{self.internal_port}"
 
+    @property
+    def command(self) -> list[str]:
+        if self.faults is not None:
+            return [sys.executable, "-m", "backbone.dev.faults", self.package, "run"]
+        return [sys.executable, "-m", self.package, "run"]
+
     def start(self) -> NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.package, "run"],
+                self.command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
