@@ -1,81 +1,297 @@
-"""Engine settings, read from the environment so that one image runs every node."""
+"""Engine settings, read from the environment so that one image runs every node.
+
+Every setting is declared once, as a field of ``EngineSettings``: its type, its default,
+its meaning and its validation (``msgspec.Meta``), and the environment variable it comes
+from (the field name upper-cased, unless ``env`` names others). ``from_env`` converts the
+environment with msgspec; ``settings_table()`` (``python -m backbone.settings``) renders
+the same declaration as the Markdown table of the docs.
+
+An empty variable counts as unset. A bad value raises ``SettingsError`` naming the
+variable and what it allows.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
+
+import msgspec
 
 
 class SettingsError(ValueError):
     """A setting has a value the engine cannot use; the message names it and what is allowed."""
 
 
-def _int(env: dict[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} is below the minimum of {minimum}")
-    return value
+def _setting(
+    meaning: str,
+    *,
+    env: str | tuple[str, ...] | None = None,
+    shown: str | None = None,
+    note: str | None = None,
+    ge: int | None = None,
+    le: int | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+) -> msgspec.Meta:
+    """The declaration of one setting.
+
+    ``env``: the variables it is read from, first set wins (default: the field name
+    upper-cased; ``()``: not read from the environment). ``shown``: the default as the docs
+    describe it, when it is not a constant. ``note``: said after the default. ``ge``/``le``:
+    bounds of an integer. ``choices``: the values a string may take (case-insensitive).
+    ``secret``: never in ``repr``.
+    """
+    extra: dict[str, Any] = {"secret": secret, "choices": choices}
+    if env is not None:
+        extra["env"] = (env,) if isinstance(env, str) else env
+    if shown is not None:
+        extra["shown"] = shown
+    if note is not None:
+        extra["note"] = note
+    if choices:
+        pattern = f"^({'|'.join(map(re.escape, choices))})$"
+        return msgspec.Meta(pattern=pattern, description=meaning, extra=extra)
+    return msgspec.Meta(ge=ge, le=le, description=meaning, extra=extra)
 
 
-def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").lower()
-    if raw == "":
-        return default
-    if raw not in ("on", "off"):
-        raise SettingsError(f"{name}={raw!r}: use on or off")
-    return raw == "on"
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    service: str
-    store: str
-    brokers: str = "127.0.0.1:9092"
-    partitions: int = 12
-    replication_factor: int = 1
-    standby_replicas: int = 1
-    data_dir: Path = Path("data")
-    node_id: str = field(default_factory=socket.gethostname)
-    zone: str = ""
-    http_host: str = "127.0.0.1"
-    http_port: int = 8000
-    max_batch_records: int = 100_000
-    max_body_bytes: int = 64 * 1024
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
+    service: Annotated[
+        str,
+        _setting(
+            "prefix of the topic names and the consumer group id",
+            env="SERVICE_NAME",
+            shown="the service's name (its project slug)",
+        ),
+    ]
+    store: Annotated[str, _setting("name of the aggregate's store (the domain's name)", env=())]
+    brokers: Annotated[str, _setting("Kafka brokers", env="KAFKA_BOOTSTRAP_SERVERS")] = (
+        "127.0.0.1:9092"
+    )
+    partitions: Annotated[
+        int,
+        _setting(
+            "partitions of the topics the node creates; must equal the count of existing topics",
+            shown="the service's, set at bake time",
+            ge=1,
+        ),
+    ] = 12
+    replication_factor: Annotated[
+        int, _setting("replication factor of the topics the node creates", ge=1)
+    ] = 1
+    standby_replicas: Annotated[
+        int,
+        _setting(
+            "standby copies of each partition, on other nodes. The group leader's value is the "
+            "one used",
+            shown="the service's, set at bake time",
+            ge=0,
+        ),
+    ] = 1
+    data_dir: Annotated[
+        Path,
+        _setting(
+            "RocksDB stores, checkpoints in transit, and the SQLite read model (if any)",
+            note="relative to the working directory",
+        ),
+    ] = Path("data")
+    node_id: Annotated[
+        str,
+        _setting(
+            "must be stable and unique per node: static group membership id "
+            "`<service>-<NODE_ID>` (ADR 0003)",
+            shown="the host name",
+        ),
+    ] = msgspec.field(default_factory=socket.gethostname)
+    host: Annotated[
+        str,
+        _setting(
+            "the machine this node runs on, as the assignor sees it. Nodes with the same "
+            "`NODE_HOST` never hold two replicas of one partition. Set it when several nodes "
+            "share a machine",
+            env="NODE_HOST",
+            shown="empty: `NODE_ID`",
+        ),
+    ] = ""
+    zone: Annotated[
+        str,
+        _setting(
+            "the node's zone; the assignor spreads each partition's replicas over zones, "
+            "bootstrap prefers peers in the same zone",
+            env=("ZONE", "KAFKA_CLIENT_RACK"),
+            shown="`KAFKA_CLIENT_RACK`, else empty",
+        ),
+    ] = ""
+    http_host: Annotated[
+        str,
+        _setting(
+            "address both HTTP servers bind to",
+            note="`0.0.0.0` in the Docker image",
+        ),
+    ] = "127.0.0.1"
+    http_port: Annotated[int, _setting("public HTTP port", ge=0, le=65535)] = 8000
+    internal_port: Annotated[
+        int,
+        _setting(
+            "port of the internal API (checkpoints, forwarded queries, `accept-loss`)",
+            ge=0,
+            le=65535,
+        ),
+    ] = 9000
+    internal_url: Annotated[
+        str,
+        _setting(
+            "how peers reach this node's internal API; it is sent to the group. Set it whenever "
+            "`HTTP_HOST` is not an address peers can use (`0.0.0.0`, `127.0.0.1` across "
+            "machines)",
+            shown="`<scheme>://<HTTP_HOST>:<INTERNAL_PORT>`, scheme `https` when TLS is set",
+        ),
+    ] = ""
+    internal_token: Annotated[
+        str,
+        _setting(
+            "shared bearer token for checkpoints, forwarded queries and `accept-loss`, the same "
+            "on every node. Empty: the node serves no checkpoints (403) and cannot fetch any; a "
+            "partition it must copy waits, retrying, as long as a peer holds a copy",
+            secret=True,
+        ),
+    ] = ""
+    tls_cert: Annotated[
+        str,
+        _setting(
+            "certificate (PEM) of this node on the internal API. The three `INTERNAL_TLS_*` "
+            "files together, or none: mutual TLS on the internal API, for serving and for "
+            "requests to peers",
+            env="INTERNAL_TLS_CERT",
+        ),
+    ] = ""
+    tls_key: Annotated[
+        str, _setting("private key (PEM) of that certificate", env="INTERNAL_TLS_KEY")
+    ] = ""
+    tls_ca: Annotated[
+        str,
+        _setting("CA (PEM) that signs the certificates of every node", env="INTERNAL_TLS_CA"),
+    ] = ""
+    session_timeout_ms: Annotated[
+        int,
+        _setting(
+            "consumer group session timeout; heartbeat every twelfth of it. Bounds failover; the "
+            "broker refuses values below its `group.min.session.timeout.ms` (6000 by default)",
+            ge=1_000,
+        ),
+    ] = 6_000
+    acceptable_lag: Annotated[
+        int,
+        _setting(
+            "a member whose reported changelog offset for a partition is within this many "
+            "records of the highest reported one counts as caught up",
+            ge=0,
+        ),
+    ] = 10_000
+    bootstrap_min_lag: Annotated[
+        int,
+        _setting(
+            "a store more than this many records behind the changelog's end is bootstrapped "
+            "from a peer instead of replayed",
+            ge=0,
+        ),
+    ] = 100_000
+    max_checkpoint_streams: Annotated[
+        int, _setting("checkpoints this node streams to peers at once; more get 429", ge=1)
+    ] = 2
+    checkpoint_send_timeout_s: Annotated[
+        int,
+        _setting(
+            "a peer that accepts no bytes of a checkpoint for this many seconds is cut off, and "
+            "its stream slot freed",
+            ge=1,
+        ),
+    ] = 30
+    bootstrap_deadline_s: Annotated[
+        int,
+        _setting(
+            "how long one cold bootstrap may take, every source, pause and transfer included; "
+            "then the restore starts again if a member holds a copy. Not used by the "
+            "`bootstrap` command (`--timeout`)",
+            ge=1,
+        ),
+    ] = 1800
+    bootstrap_min_bytes_per_s: Annotated[
+        int,
+        _setting(
+            "a transfer that receives fewer than this times `BOOTSTRAP_STALL_S` bytes within any "
+            "`BOOTSTRAP_STALL_S` window is abandoned for the next source. `0`: no minimum (a "
+            "socket read still times out after 60 s)",
+            ge=0,
+        ),
+    ] = 1_000_000
+    bootstrap_stall_s: Annotated[int, _setting("the window of that check, in seconds", ge=1)] = 30
+    max_batch_records: Annotated[
+        int, _setting("most input records fetched per batch, all partitions together", ge=1)
+    ] = 100_000
+    max_body_bytes: Annotated[int, _setting("largest HTTP body; larger gets 413", ge=256)] = (
+        64 * 1024
+    )
     # Finite by default: recovery copies a peer's checkpoint, so the changelog only needs
     # to cover the time a replica may be away (see docs/decisions).
-    changelog_retention_ms: int = 7 * 24 * 3600 * 1000
-    changelog_retention_bytes: int = -1
-    changelog_segment_ms: int = 24 * 3600 * 1000
-    tracing: str = "none"
-    log_level: str = "info"
-    fault_delay_ms: int = 0
-    fault_stall_ms: int = 0
-    host: str = ""
-    session_timeout_ms: int = 6_000
-    acceptable_lag: int = 10_000
-    internal_port: int = 9000
-    internal_url: str = ""
-    internal_token: str = field(default="", repr=False)
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_ca: str = ""
-    bootstrap_min_lag: int = 100_000
-    max_checkpoint_streams: int = 2
-    bootstrap_deadline_s: int = 1800
-    bootstrap_min_bytes_per_s: int = 1_000_000
-    bootstrap_stall_s: int = 30
-    checkpoint_send_timeout_s: int = 30
-    read_model: bool = True
-    read_model_url: str = field(default="", repr=False)  # may carry a password
+    changelog_retention_ms: Annotated[
+        int,
+        _setting(
+            "`retention.ms` of the changelog (`compact,delete`). `-1`, with "
+            "`CHANGELOG_RETENTION_BYTES=-1`: `compact` only, infinite. Applied when the topic "
+            "is created",
+            note="7 days",
+            ge=-1,
+        ),
+    ] = 7 * 24 * 3600 * 1000
+    changelog_retention_bytes: Annotated[
+        int,
+        _setting(
+            "`retention.bytes` of the changelog, per partition; `-1` no limit. Applied when "
+            "the topic is created",
+            ge=-1,
+        ),
+    ] = -1
+    changelog_segment_ms: Annotated[
+        int,
+        _setting(
+            "`segment.ms` of the changelog: retention deletes whole segments. Applied when the "
+            "topic is created",
+            note="1 day",
+            ge=1_000,
+        ),
+    ] = 24 * 3600 * 1000
+    read_model: Annotated[
+        bool,
+        _setting("`off`: this node runs no projector and has no list route (with a read model)"),
+    ] = True
+    read_model_url: Annotated[
+        str,
+        _setting(
+            "SQLAlchemy URL of the read model, e.g. `postgresql+psycopg://user:pw@host/db`",
+            shown="SQLite: `<DATA_DIR>/readmodel.db`",
+            secret=True,  # may carry a password
+        ),
+    ] = ""
+    tracing: Annotated[
+        str,
+        _setting(
+            "exporter of traces and metrics (the OTLP exporter reads the `OTEL_*` variables)",
+            env="OTEL_EXPORTER",
+            choices=("none", "console", "otlp"),
+        ),
+    ] = "none"
+    log_level: Annotated[
+        str,
+        _setting(
+            "level of the structlog logs (library logs: `warning` and up, all at `debug`)",
+            choices=("debug", "info", "warning", "error", "critical"),
+        ),
+    ] = "info"
 
     @classmethod
     def from_env(
@@ -86,56 +302,174 @@ class EngineSettings:
         standby_replicas: int,
         env: Mapping[str, str] | None = None,
     ) -> EngineSettings:
-        e = dict(os.environ if env is None else env)
-        tracing = e.get("OTEL_EXPORTER", "none").lower()
-        if tracing not in ("none", "console", "otlp"):
-            raise SettingsError(f"OTEL_EXPORTER={tracing!r}: use none, console or otlp")
-        host = e.get("HTTP_HOST", "127.0.0.1")
-        port = _int(e, "HTTP_PORT", 8000, 0)
-        internal_port = _int(e, "INTERNAL_PORT", 9000, 0)
-        tls = [e.get(k, "") for k in ("INTERNAL_TLS_CERT", "INTERNAL_TLS_KEY", "INTERNAL_TLS_CA")]
+        """The environment (``os.environ`` by default) over this service's defaults."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {
+            "service": service,
+            "store": store,
+            "partitions": partitions,
+            "standby_replicas": standby_replicas,
+        }
+        given: dict[str, tuple[str, str]] = {}  # field name -> (variable, raw value)
+        for s in SETTINGS:
+            found = next(((v, source[v]) for v in s.env if source.get(v, "") != ""), None)
+            if found is not None:
+                given[s.name] = found
+                values[s.name] = s.normalise(*found)
+        try:
+            settings = msgspec.convert(values, cls, strict=False, dec_hook=_decode)
+        except msgspec.ValidationError as exc:
+            match = re.search(r"at `\$\.(\w+)`", str(exc))
+            if match is None or match[1] not in given:
+                raise SettingsError(str(exc)) from None
+            raise _BY_NAME[match[1]].error(*given[match[1]], str(exc)) from None
+        return settings._derived()
+
+    def _derived(self) -> EngineSettings:
+        """Checks across settings, and the defaults computed from others."""
+        tls = (self.tls_cert, self.tls_key, self.tls_ca)
         if any(tls) and not all(tls):
             raise SettingsError(
                 "mutual TLS on the internal API needs INTERNAL_TLS_CERT, INTERNAL_TLS_KEY "
                 "and INTERNAL_TLS_CA together"
             )
+        if self.internal_url:
+            return self
         scheme = "https" if all(tls) else "http"
-        return cls(
-            service=e.get("SERVICE_NAME", service),
-            store=store,
-            brokers=e.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            partitions=_int(e, "PARTITIONS", partitions, 1),
-            replication_factor=_int(e, "REPLICATION_FACTOR", 1, 1),
-            standby_replicas=_int(e, "STANDBY_REPLICAS", standby_replicas, 0),
-            data_dir=Path(e.get("DATA_DIR", "data")),
-            node_id=e.get("NODE_ID", socket.gethostname()),
-            zone=e.get("ZONE", e.get("KAFKA_CLIENT_RACK", "")),
-            http_host=host,
-            http_port=port,
-            max_batch_records=_int(e, "MAX_BATCH_RECORDS", 100_000, 1),
-            max_body_bytes=_int(e, "MAX_BODY_BYTES", 64 * 1024, 256),
-            changelog_retention_ms=_int(e, "CHANGELOG_RETENTION_MS", 7 * 24 * 3600 * 1000, -1),
-            changelog_retention_bytes=_int(e, "CHANGELOG_RETENTION_BYTES", -1, -1),
-            changelog_segment_ms=_int(e, "CHANGELOG_SEGMENT_MS", 24 * 3600 * 1000, 1_000),
-            tracing=tracing,
-            log_level=e.get("LOG_LEVEL", "info").lower(),
-            fault_delay_ms=_int(e, "BACKBONE_FAULT_DELAY_MS", 0, 0),
-            fault_stall_ms=_int(e, "BACKBONE_FAULT_STALL_MS", 0, 0),
-            host=e.get("NODE_HOST", ""),
-            session_timeout_ms=_int(e, "SESSION_TIMEOUT_MS", 6_000, 1_000),
-            acceptable_lag=_int(e, "ACCEPTABLE_LAG", 10_000, 0),
-            internal_port=internal_port,
-            internal_url=e.get("INTERNAL_URL", f"{scheme}://{host}:{internal_port}"),
-            internal_token=e.get("INTERNAL_TOKEN", ""),
-            tls_cert=e.get("INTERNAL_TLS_CERT", ""),
-            tls_key=e.get("INTERNAL_TLS_KEY", ""),
-            tls_ca=e.get("INTERNAL_TLS_CA", ""),
-            bootstrap_min_lag=_int(e, "BOOTSTRAP_MIN_LAG", 100_000, 0),
-            max_checkpoint_streams=_int(e, "MAX_CHECKPOINT_STREAMS", 2, 1),
-            bootstrap_deadline_s=_int(e, "BOOTSTRAP_DEADLINE_S", 1800, 1),
-            bootstrap_min_bytes_per_s=_int(e, "BOOTSTRAP_MIN_BYTES_PER_S", 1_000_000, 0),
-            bootstrap_stall_s=_int(e, "BOOTSTRAP_STALL_S", 30, 1),
-            checkpoint_send_timeout_s=_int(e, "CHECKPOINT_SEND_TIMEOUT_S", 30, 1),
-            read_model=_on_off(e, "READ_MODEL", True),
-            read_model_url=e.get("READ_MODEL_URL", ""),
+        url = f"{scheme}://{self.http_host}:{self.internal_port}"
+        return msgspec.structs.replace(self, internal_url=url)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"{type(self).__name__}({shown})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(s.name, getattr(self, s.name)) for s in SETTINGS if not s.secret]
+
+
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of ``EngineSettings`` as declared: what the docs and ``from_env`` read."""
+
+    name: str
+    kind: type  # int, str, bool or Path
+    env: tuple[str, ...]  # the variables read, first set wins; () for none
+    meaning: str
+    default: Any  # None when computed (``shown`` says how)
+    shown: str | None
+    note: str | None
+    ge: int | None
+    le: int | None
+    choices: tuple[str, ...]
+    secret: bool
+
+    @property
+    def variable(self) -> str:
+        return self.env[0]
+
+    def normalise(self, variable: str, raw: str) -> Any:
+        """The raw string as msgspec is to convert it (``strict=False``)."""
+        if self.kind is bool:
+            value = raw.strip().lower()
+            if value not in ("on", "off"):
+                raise self.error(variable, raw)
+            return value == "on"
+        if self.kind is int:
+            return raw.strip()
+        return raw.strip().lower() if self.choices else raw
+
+    def error(self, variable: str, raw: str, detail: str = "") -> SettingsError:
+        """What is wrong with ``raw``, in words that name the variable and what it allows."""
+        if self.kind is bool:
+            return SettingsError(f"{variable}={raw!r}: use on or off")
+        if self.choices:
+            return SettingsError(f"{variable}={raw!r}: use {_either(self.choices)}")
+        if self.kind is int:
+            try:
+                value = int(raw)
+            except ValueError:
+                return SettingsError(f"{variable}={raw!r} is not an integer")
+            if self.ge is not None and value < self.ge:
+                return SettingsError(f"{variable}={value} is below the minimum of {self.ge}")
+            if self.le is not None and value > self.le:
+                return SettingsError(f"{variable}={value} is above the maximum of {self.le}")
+            return SettingsError(f"{variable}={raw!r} is not an integer")
+        return SettingsError(f"{variable}={raw!r}: {detail.split(' - at ')[0]}")
+
+    def default_cell(self, shown: str | None = None) -> str:
+        """The default column of the table; ``shown`` replaces the value itself."""
+        if shown is None:
+            shown = self.shown
+        if shown is None:
+            if self.kind is bool:
+                shown = "`on`" if self.default else "`off`"
+            elif self.default == "":
+                shown = "empty"
+            else:
+                shown = f"`{self.default}`"
+        notes = [self.note] if self.note else []
+        if self.kind is bool:
+            notes.append("`on` or `off`")
+        if self.choices:
+            notes.append(_either(tuple(f"`{c}`" for c in self.choices)))
+        if self.ge is not None and self.le is not None:
+            notes.append(f"{self.ge} to {self.le}")
+        elif self.ge is not None:
+            notes.append(f"minimum {self.ge}")
+        return f"{shown} ({'; '.join(notes)})" if notes else shown
+
+
+def _either(values: tuple[str, ...]) -> str:
+    return f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else values[0]
+
+
+def _declared() -> tuple[Setting, ...]:
+    hints = get_type_hints(EngineSettings, include_extras=True)
+    found = []
+    for field in msgspec.structs.fields(EngineSettings):
+        hint = hints[field.name]
+        assert get_origin(hint) is Annotated, f"{field.name} has no declaration"
+        kind, meta = get_args(hint)[:2]
+        extra = meta.extra or {}
+        env = extra.get("env", (field.name.upper(),))
+        default = None if field.default is msgspec.NODEFAULT else field.default
+        assert default is not None or "shown" in extra or not env, f"{field.name}: no default"
+        found.append(
+            Setting(
+                name=field.name,
+                kind=kind,
+                env=env,
+                meaning=meta.description or "",
+                default=default,
+                shown=extra.get("shown"),
+                note=extra.get("note"),
+                ge=meta.ge,
+                le=meta.le,
+                choices=extra["choices"],
+                secret=extra["secret"],
+            )
         )
+    return tuple(found)
+
+
+SETTINGS: tuple[Setting, ...] = _declared()
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def settings_table(shown: Mapping[str, str] | None = None) -> str:
+    """The settings read from the environment as a Markdown table (variable, default,
+    meaning), in declaration order. ``shown`` replaces the default of some variables (e.g.
+    a template's placeholders)."""
+    shown = shown or {}
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        if s.env:
+            default = s.default_cell(shown.get(s.variable))
+            rows.append(f"| `{s.variable}` | {default} | {s.meaning} |")
+    return "\n".join(rows) + "\n"
