@@ -34,7 +34,8 @@ from litestar.status_codes import (
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from backbone.node.engine import Engine, NotOwnedError
+from backbone.node.engine import Engine
+from backbone.node.queries import NotOwnedError
 from backbone.snapshot import stream_checkpoint
 from backbone.snapshot.bootstrap import OFFSET_HEADER
 

@@ -17,11 +17,11 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
-from backbone.node.engine import Engine, NotOwnedError
+from backbone.node.engine import Engine
+from backbone.node.queries import FORWARDED_HEADER, NotOwnedError
 from backbone.readmodel import QueryError, ReadModel
 
 MAX_ID_LENGTH = 256
-FORWARDED_HEADER = "x-backbone-forwarded-by"
 
 
 def _check_id(aggregate_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import structlog
@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from opentelemetry import propagate, trace
 
-from backbone.changelog.reader import ChangelogReader
 from backbone.changelog.writer import ChangelogWriter, Sent
 from backbone.processing.apply import BatchApplier, BatchResult, dead_letter_headers
 from backbone.store import PartitionStore
@@ -41,18 +40,16 @@ class Processor:
         stores: StoreRegistry,
         applier: BatchApplier[Any],
         topics: Topics,
-        reader: ChangelogReader,
+        writer: ChangelogWriter,
         max_records: int,
-        on_fenced: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.stores = stores
         self.applier = applier
         self.topics = topics
-        self.writer = ChangelogWriter(producer, topics.changelog, reader, self._superseded)
+        self.writer = writer
         self.max_records = max_records
-        self.on_fenced = on_fenced
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
         # Per partition being rebuilt from its input: the input offset below which its
@@ -204,11 +201,6 @@ class Processor:
             )
         await asyncio.gather(*waits)
         return sent
-
-    def _superseded(self, partition: int) -> None:
-        self.ready.discard(partition)
-        self.consumer.pause(TopicPartition(self.topics.events, partition))
-        self.on_fenced(partition)
 
     async def _still_owner(self, offsets: dict[TopicPartition, int], what: str) -> bool:
         """Fence a zombie: a node that was frozen past its session (GC pause, SIGSTOP,

@@ -1,0 +1,69 @@
+"""The Kafka and HTTP clients of one node, built in one place with their tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from backbone.assignment import BackboneAssignor
+from backbone.changelog.reader import ChangelogReader
+from backbone.http.tls import client_tls
+from backbone.node.routing import RoutingTable
+from backbone.settings import EngineSettings
+from backbone.topics import Topics
+
+
+@dataclass(frozen=True)
+class Clients:
+    producer: AIOKafkaProducer
+    consumer: AIOKafkaConsumer
+    reader: ChangelogReader
+    routing: RoutingTable
+    http: httpx.AsyncClient
+
+
+def kafka_clients(
+    settings: EngineSettings,
+    topics: Topics,
+    assignor: BackboneAssignor,
+    on_gap: Callable[[int], None],
+) -> Clients:
+    """Call inside the running event loop: aiokafka binds its clients to it."""
+    client_id = f"{settings.service}-{settings.node_id}"
+    tls = client_tls(settings)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.brokers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.brokers,
+        client_id=client_id,
+        group_id=topics.group,
+        # Static membership: a restarted node takes its partitions back without a
+        # rebalance of the whole group.
+        group_instance_id=f"{settings.service}-{settings.node_id}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        session_timeout_ms=settings.session_timeout_ms,
+        # Survivors learn of a rebalance at their next heartbeat: keep it short.
+        heartbeat_interval_ms=max(settings.session_timeout_ms // 12, 100),
+        partition_assignment_strategy=(assignor,),
+    )
+    return Clients(
+        producer=producer,
+        consumer=consumer,
+        reader=ChangelogReader(settings.brokers, topics.changelog, client_id, on_gap),
+        routing=RoutingTable(settings.brokers, topics.group),
+        http=httpx.AsyncClient(timeout=10.0, verify=tls if tls else True),
+    )

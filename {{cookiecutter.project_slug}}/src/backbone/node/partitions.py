@@ -1,0 +1,132 @@
+"""The partitions this node holds: the group's assignment turned into Partition objects,
+and the stores on local disk that the group leader hears about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from backbone.node.partition import Partition, Ports, Role, State
+from backbone.store import PartitionStore
+from backbone.store.registry import StoreRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class PartitionSet:
+    def __init__(self, ports: Ports, partitions: int) -> None:
+        self.ports = ports
+        self.count = partitions
+        self.held: dict[int, Partition] = {}
+        # Changelog offsets of closed stores on local disk, reported to the group leader so
+        # that a partition moves preferably to a node that already has its state.
+        self.known_offsets: dict[int, int] = {}
+
+    @property
+    def stores(self) -> StoreRegistry:
+        return self.ports.stores
+
+    def scan_disk(self) -> None:
+        """Offsets of the stores found on disk at start (an unopenable one is quarantined)."""
+        for p in range(self.count):
+            if self.stores.path(p).exists():
+                try:
+                    self.known_offsets[p] = self.stores.open(p).meta().changelog_offset
+                finally:
+                    self.stores.close(p)
+
+    # --- the group's decisions ------------------------------------------------------
+    def revoke(self, partitions: set[int]) -> None:
+        for p in partitions:
+            held = self.held.get(p)
+            if held is not None and held.role is Role.ACTIVE:
+                self.held.pop(p).close()
+
+    def assign(self, active: set[int], standby: set[int]) -> None:
+        """The new generation's tasks. A role that changes closes the old object; its store
+        stays open for the new one, and stores this node holds no longer are closed."""
+        for p, held in list(self.held.items()):
+            wanted = Role.ACTIVE if p in active else Role.STANDBY if p in standby else None
+            if held.role is not wanted:
+                self.held.pop(p).close()
+        for p in self.stores.partitions - active - standby:
+            self._close_store(p)
+        for role, numbers in ((Role.ACTIVE, active), (Role.STANDBY, standby)):
+            for p in sorted(numbers):
+                if p not in self.held:
+                    partition = Partition(p, role, self.ports)
+                    self.held[p] = partition
+                    partition.start()
+
+    def close_all(self) -> None:
+        for p in list(self.held):
+            self.held.pop(p).close()
+
+    def _close_store(self, p: int) -> None:
+        store = self.stores.get(p)
+        if store is not None:
+            self.known_offsets[p] = store.meta().changelog_offset
+            self.stores.close(p)
+
+    # --- reports from the node's parts ----------------------------------------------
+    def superseded(self, p: int) -> None:
+        if (held := self.held.get(p)) is not None:
+            held.superseded()
+
+    def changelog_gap(self, p: int) -> None:
+        if (held := self.held.get(p)) is not None:
+            held.changelog_gap()
+
+    def accept_loss(self, p: int, node: str) -> dict[str, Any]:
+        held = self.held.get(p)
+        if held is None or held.role is not Role.ACTIVE:
+            raise LookupError(f"partition {p} is not active on node {node}")
+        try:
+            return held.accept_loss()
+        except LookupError as exc:
+            raise LookupError(f"{exc}: it is not waiting for accept-loss on node {node}") from exc
+
+    # --- what others read -----------------------------------------------------------
+    def in_role(self, role: Role) -> set[int]:
+        return {p for p, held in self.held.items() if held.role is role}
+
+    def in_state(self, state: State) -> set[int]:
+        return {p for p, held in self.held.items() if held.state is state}
+
+    def serving(self, p: int) -> PartitionStore | None:
+        """The store of a ready partition (an active that processes, or a standby that
+        follows the changelog): what checkpoints and queries may read."""
+        held = self.held.get(p)
+        return self.stores.get(p) if held is not None and held.ready else None
+
+    def active_store(self, p: int) -> PartitionStore | None:
+        held = self.held.get(p)
+        if held is None or held.role is not Role.ACTIVE or not held.ready:
+            return None
+        return self.stores.get(p)
+
+    def all_active_ready(self) -> bool:
+        return all(h.ready for h in self.held.values() if h.role is Role.ACTIVE)
+
+    def failures(self) -> list[str]:
+        return [h.failure for h in self.held.values() if h.failure is not None]
+
+    def incomplete(self) -> list[dict[str, Any]]:
+        return [
+            h.incomplete.as_dict()
+            for h in self.held.values()
+            if h.incomplete is not None and h.state is State.INCOMPLETE
+        ]
+
+    def states(self) -> dict[str, str]:
+        return {str(p): self.held[p].state.value for p in sorted(self.held)}
+
+    def local_state(self) -> tuple[dict[int, int], frozenset[int], frozenset[int]]:
+        """For the assignor: offsets of every store on disk, actives and standbys."""
+        offsets = dict(self.known_offsets)
+        for p in self.stores.partitions:
+            store = self.stores.get(p)
+            if store is not None:
+                offsets[p] = store.meta().changelog_offset
+        return offsets, frozenset(self.in_role(Role.ACTIVE)), frozenset(self.in_role(Role.STANDBY))
