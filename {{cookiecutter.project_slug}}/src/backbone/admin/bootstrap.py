@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from backbone.http.tls import client_tls
+from backbone.node.tls import client_tls
 from backbone.node.peers import GroupPeers
 from backbone.node.routing import RoutingTable
 from backbone.settings import EngineSettings

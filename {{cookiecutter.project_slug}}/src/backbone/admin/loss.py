@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from backbone.http.tls import client_tls
+from backbone.node.tls import client_tls
 from backbone.node.routing import RoutingTable
 from backbone.settings import EngineSettings
 from backbone.topics import Topics

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.reader import ChangelogReader
-from backbone.http.tls import client_tls
+from backbone.node.tls import client_tls
 from backbone.node.routing import RoutingTable
 from backbone.settings import EngineSettings
 from backbone.topics import Topics

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
-from backbone.http.tls import client_tls
+from backbone.node.tls import client_tls
 from backbone.node.clients import Clients, kafka_clients
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet

@@ -1,7 +1,7 @@
 """Who holds which partition, learned from the consumer group's description.
 
-Each member's assignment carries only its own tasks (DESIGN: assignment size); the routing
-map every node needs for queries is rebuilt from DescribeGroups, which lists every member's
+Each member's assignment carries only its own tasks, so the group's assignment messages grow
+with each member's tasks, not with members x partitions; the routing map every node needs for queries is rebuilt from DescribeGroups, which lists every member's
 metadata (node, zone, endpoint) and assignment.
 """
 

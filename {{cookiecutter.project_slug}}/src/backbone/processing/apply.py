@@ -93,7 +93,7 @@ class BatchApplier(Generic[A]):
                 continue
             fence, aggregate = cache[key]
             if record.offset <= fence:
-                # Already applied before a crash: invariant 1 forbids applying it twice.
+                # Already applied before a crash: applying it again would count it twice.
                 result.skipped += 1
                 continue
             try:

@@ -1,6 +1,6 @@
 """The active side: consume input batches, apply them, and make the result durable.
 
-Order per batch (invariant 1): changelog, output and dead-letter records are acknowledged
+Order per batch, so that nothing is lost and nothing is applied twice: changelog, output and dead-letter records are acknowledged
 by Kafka, then the store's WriteBatch (data + offsets) is written, then input offsets are
 committed. A crash between any two steps is repaired by restore + the per-aggregate fence.
 Changelog writes go through ``ChangelogWriter``, which guards them against zombies.

@@ -103,7 +103,7 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _setting(
             "must be stable and unique per node: static group membership id "
-            "`<service>-<NODE_ID>` (ADR 0003)",
+            "`<service>-<NODE_ID>`",
             shown="the host name",
         ),
     ] = msgspec.field(default_factory=socket.gethostname)
@@ -237,7 +237,7 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         64 * 1024
     )
     # Finite by default: recovery copies a peer's checkpoint, so the changelog only needs
-    # to cover the time a replica may be away (see docs/decisions).
+    # to cover the time a replica may be away.
     changelog_retention_ms: Annotated[
         int,
         _setting(
