@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from backbone.node.tls import client_tls
 from backbone.node.peers import GroupPeers
 from backbone.node.routing import RoutingTable
+from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
 from backbone.snapshot.bootstrap import Bootstrapper, FixedPeers, Limits, Peers
 from backbone.snapshot.checkpoint import Manifest

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from backbone.node.tls import client_tls
 from backbone.node.routing import RoutingTable
+from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
 from backbone.topics import Topics
 

@@ -3,7 +3,7 @@
 aiokafka (0.14) uses the object passed in ``partition_assignment_strategy`` as is:
 
 - ``metadata(topics)`` on every member before each JoinGroup: this member's node, zone,
-  endpoint, the changelog offsets of its local stores and what it owned last generation;
+  endpoint, the changelog offsets of its local stores and what it owned last group generation;
 - ``assign(cluster, members)`` on the elected leader only, with every member's decoded
   ``ConsumerProtocolMemberMetadata``; its result is sent in one SyncGroup request;
 - ``on_assignment(assignment)`` on every member once SyncGroup answers, before the
@@ -50,7 +50,7 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
 
     ``local_state()`` returns (changelog offset of every store on local disk, partitions
     active here, partitions standby here). It is called at each join, after aiokafka has
-    revoked the partitions, so the assignor adds what it received in the last generation
+    revoked the partitions, so the assignor adds what it received in the last group generation
     itself: a caller that empties its sets on revocation loses no stickiness.
     """
 
@@ -75,7 +75,7 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.standby_replicas = standby_replicas
         self.local_state = local_state
         self.acceptable_lag = acceptable_lag
-        # This member's assignment in the current generation (set by on_assignment).
+        # This member's assignment in the current group generation (set by on_assignment).
         self.actives: frozenset[int] = frozenset()
         self.standbys: frozenset[int] = frozenset()
         self.unmet: list[str] = []

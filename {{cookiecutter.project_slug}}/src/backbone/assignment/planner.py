@@ -45,8 +45,8 @@ class MemberInfo:
     node: str  # host; several members (processes) may share a node
     zone: str  # "" = unknown
     offsets: Mapping[int, int] = field(default_factory=dict)  # changelog offset per local store
-    active: frozenset[int] = frozenset()  # actives in the previous generation
-    standby: frozenset[int] = frozenset()  # standbys in the previous generation
+    active: frozenset[int] = frozenset()  # actives in the previous group generation
+    standby: frozenset[int] = frozenset()  # standbys in the previous group generation
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The assignor's bytes in the Kafka group protocol (msgpack, short field names, versioned).
 
 Subscription (JoinGroup): each member's ``user_data`` is a :class:`MemberMetadata`: where it
-runs, where it answers HTTP, what state it holds and what it owned in the last generation.
+runs, where it answers HTTP, what state it holds and what it owned in the last group generation.
 
 Assignment (SyncGroup): each member's ``user_data`` is an :class:`AssignmentData` holding its
 own standbys and the short list of constraints the leader gave up, nothing about other
@@ -46,8 +46,8 @@ class MemberMetadata(
     zone: str = ""  # "" = unknown
     endpoint: str = ""  # base URL of its HTTP API, e.g. "http://10.1.2.3:8000"
     offsets: dict[int, int] = msgspec.field(default_factory=dict)  # changelog offset per store
-    active: list[int] = msgspec.field(default_factory=list)  # previous generation's actives
-    standby: list[int] = msgspec.field(default_factory=list)  # previous generation's standbys
+    active: list[int] = msgspec.field(default_factory=list)  # previous group generation's actives
+    standby: list[int] = msgspec.field(default_factory=list)  # previous group generation's standbys
 
 
 class AssignmentData(

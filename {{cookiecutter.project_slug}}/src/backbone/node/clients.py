@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.reader import ChangelogReader
-from backbone.node.tls import client_tls
 from backbone.node.routing import RoutingTable
+from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
 from backbone.topics import Topics
 

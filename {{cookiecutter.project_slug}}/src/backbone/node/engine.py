@@ -21,7 +21,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
-from backbone.node.tls import client_tls
 from backbone.node.clients import Clients, kafka_clients
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
@@ -29,6 +28,7 @@ from backbone.node.peers import GroupPeers
 from backbone.node.ports import NodePorts
 from backbone.node.queries import NotOwnedError, Queries
 from backbone.node.status import assignment_view, node_status
+from backbone.node.tls import client_tls
 from backbone.processing.apply import BatchApplier
 from backbone.processing.processor import Processor
 from backbone.settings import EngineSettings

@@ -44,7 +44,7 @@ class PartitionSet:
                 self.held.pop(p).close()
 
     def assign(self, active: set[int], standby: set[int]) -> None:
-        """The new generation's tasks. A role that changes closes the old object; its store
+        """The new group generation's tasks. A role that changes closes the old object; its store
         stays open for the new one, and stores this node holds no longer are closed."""
         for p, held in list(self.held.items()):
             wanted = Role.ACTIVE if p in active else Role.STANDBY if p in standby else None

@@ -1,8 +1,9 @@
 """Who holds which partition, learned from the consumer group's description.
 
 Each member's assignment carries only its own tasks, so the group's assignment messages grow
-with each member's tasks, not with members x partitions; the routing map every node needs for queries is rebuilt from DescribeGroups, which lists every member's
-metadata (node, zone, endpoint) and assignment.
+with each member's tasks, not with members x partitions. The routing map every node needs
+for queries is rebuilt from DescribeGroups, which lists every member's metadata (node,
+zone, endpoint) and assignment.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Replica:
 
 @dataclass(slots=True)
 class Routes:
-    generation_state: str = ""
+    group_state: str = ""
     active: dict[int, Replica] = field(default_factory=dict)
     standbys: dict[int, list[Replica]] = field(default_factory=dict)
     # Every member's stores on disk as it reported them when it joined: (member, offset).
@@ -51,7 +52,7 @@ class Routes:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "state": self.generation_state,
+            "state": self.group_state,
             "unmet": self.unmet,
             "zone_conflicts": self.zone_conflicts(),
             "partitions": {
@@ -96,7 +97,7 @@ class RoutingTable:
         routes = Routes()
         for response in responses:
             for group in response.to_object()["groups"]:
-                routes.generation_state = group["state"]
+                routes.group_state = group["state"]
                 for member in group["members"]:
                     meta, actives, standbys, unmet = decode_member(
                         member["member_metadata"], member["member_assignment"]
@@ -119,6 +120,6 @@ class RoutingTable:
                 log.warning("routing_refresh_failed", error=str(exc))
             self._wake.clear()
             # Mid-rebalance the description is incomplete: look again shortly.
-            pause = REFRESH_EVERY_S if self.routes.generation_state == "Stable" else 1.0
+            pause = REFRESH_EVERY_S if self.routes.group_state == "Stable" else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)

@@ -1,8 +1,9 @@
 """The active side: consume input batches, apply them, and make the result durable.
 
-Order per batch, so that nothing is lost and nothing is applied twice: changelog, output and dead-letter records are acknowledged
-by Kafka, then the store's WriteBatch (data + offsets) is written, then input offsets are
-committed. A crash between any two steps is repaired by restore + the per-aggregate fence.
+Order per batch, so that nothing is lost and nothing is applied twice: changelog, output
+and dead-letter records are acknowledged by Kafka, then the store's WriteBatch (data +
+offsets) is written, then input offsets are committed. A crash between any two steps is
+repaired by restore + the per-aggregate fence.
 Changelog writes go through ``ChangelogWriter``, which guards them against zombies.
 """
 
@@ -203,10 +204,10 @@ class Processor:
         return sent
 
     async def _still_owner(self, offsets: dict[TopicPartition, int], what: str) -> bool:
-        """Fence a zombie: a node that was frozen past its session (GC pause, SIGSTOP,
+        """Stop a zombie: a node that was frozen past its session (GC pause, SIGSTOP,
         network partition) must not write the changelog of partitions now owned elsewhere.
         Committing offsets already reached (a batch's start, or the committed offset)
-        changes nothing, but the coordinator refuses it from a member of an old generation."""
+        changes nothing, but the coordinator refuses it from a member of an old group generation."""
         try:
             await self.consumer.commit(offsets)
         except KafkaError as exc:

@@ -102,8 +102,7 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     node_id: Annotated[
         str,
         _setting(
-            "must be stable and unique per node: static group membership id "
-            "`<service>-<NODE_ID>`",
+            "must be stable and unique per node: static group membership id `<service>-<NODE_ID>`",
             shown="the host name",
         ),
     ] = msgspec.field(default_factory=socket.gethostname)
