@@ -3,7 +3,7 @@
 Modelled on cookiecutter-django's tests/test_cookiecutter_generation.py: every supported
 combination bakes, leaves no Jinja behind, and passes the linters its own pyproject.toml
 configures; invalid answers stop generation in the pre-gen hook with a message that says
-what is wrong. One test (marked ``kafka``) runs a baked service's own test suite.
+what is wrong. One test (marked ``kafka``) runs each combination's own test suite.
 """
 
 from __future__ import annotations
@@ -369,12 +369,17 @@ def test_choice_outside_the_list_is_refused(
 
 
 @pytest.mark.kafka
-def test_generated_service_test_suite_passes(bake: Bake, kafka_bootstrap: str) -> None:
-    project = bake()  # a copy of its own: the service's tests write into their project
+@combos
+def test_generated_service_test_suite_passes(bake: Bake, kafka_bootstrap: str, combo: str) -> None:
+    """Every test of every supported combination runs and passes: nothing skipped, and the
+    PostgreSQL read-model case fails rather than skips without TEST_POSTGRES_URL."""
+    # a copy of its own: the service's tests write into their project
+    project = bake(**SUPPORTED_COMBINATIONS[combo])
     env = {
         **os.environ,
         "PYTHONPATH": str(project / "src"),
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "BACKBONE_REQUIRE_POSTGRES": "1",
     }
     env.pop("PYTEST_ADDOPTS", None)
     args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]

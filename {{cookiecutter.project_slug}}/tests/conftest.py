@@ -42,7 +42,8 @@ def node_factory(kafka_bootstrap: str, service_name: str, tmp_path: Path) -> Ite
             {
                 "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "SERVICE_NAME": service_name,
-                "PARTITIONS": "4",
+                # the service's own partition count, at most 4 to keep the tests quick
+                "PARTITIONS": "{{ [cookiecutter.partitions | int, 4] | min }}",
                 "INTERNAL_TOKEN": "test-internal-token",
                 **env,
             },
