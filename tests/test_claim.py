@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.changelog.epochs import epoch_header
 from backbone.changelog.reader import ChangelogReader
-from backbone.changelog.writer import send_to_partition
+from backbone.changelog.writer import ChangelogWriter, send_to_partition
 from backbone.processing.processor import Processor
 from backbone.store import PartitionStore
 from backbone.topics import Topics
@@ -38,7 +38,8 @@ def processor(
     consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, topics: Topics, reader: ChangelogReader
 ) -> Processor:
     unused: Any = None  # claim() needs neither the stores nor the handlers
-    return Processor(consumer, producer, unused, unused, topics, reader, max_records=10)
+    writer = ChangelogWriter(producer, topics.changelog, reader, on_superseded=lambda _: None)
+    return Processor(consumer, producer, unused, unused, topics, writer, max_records=10)
 
 
 def test_claims_take_turns_and_readers_skip_the_loser(kafka_bootstrap: str, tmp_path: Path) -> None:
