@@ -33,7 +33,7 @@ SERVICE = "bench-bootstrap"
 TOKEN = "bench-token"
 
 
-async def fill_changelog(bootstrap: str, aggregates: int) -> int:
+async def fill_changelog(brokers: str, aggregates: int) -> int:
     """Writes the changelog an active would have written; returns its payload bytes."""
     from customer_backbone.domain.aggregate import Customer
 
@@ -41,14 +41,14 @@ async def fill_changelog(bootstrap: str, aggregates: int) -> int:
 
     codec = AggregateCodec(Customer)
     topic = f"{SERVICE}.customer-changelog"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     config = {"cleanup.policy": "compact"}
     await admin.create_topics(
         [NewTopic(f"{SERVICE}.events", 1, 1), NewTopic(topic, 1, 1, topic_configs=config)]
     )
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks=1, max_batch_size=1 << 20)
     await producer.start()
     total = 0
     pending = []
@@ -92,13 +92,13 @@ def main() -> int:
 
         with LocalKafka(work / "kafka", nodes=1) as kafka:
             started = time.monotonic()
-            payload = asyncio.run(fill_changelog(kafka.bootstrap, args.aggregates))
+            payload = asyncio.run(fill_changelog(kafka.brokers, args.aggregates))
             print(
                 f"changelog filled: {payload / 1e9:.2f} GB in {time.monotonic() - started:.0f}s",
                 file=sys.stderr,
             )
             env = {
-                "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
                 "SERVICE_NAME": SERVICE,
                 "PARTITIONS": "1",
                 "STANDBY_REPLICAS": "1",

@@ -41,13 +41,13 @@ def keys_per_partition() -> dict[int, str]:
     return keys
 
 
-async def load(bootstrap: str, keys: dict[int, str], stop: threading.Event) -> None:
+async def load(brokers: str, keys: dict[int, str], stop: threading.Event) -> None:
     """Registers one customer per partition, then earns a point for each every 20 ms."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     await admin.create_topics([NewTopic(f"{SERVICE}.events", PARTITIONS, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
     await producer.start()
     topic = f"{SERVICE}.events"
     encode = msgspec.json.encode
@@ -77,7 +77,7 @@ def main() -> int:
         keys = keys_per_partition()
         with LocalKafka(work / "kafka", nodes=1) as kafka:
             env = {
-                "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
                 "SERVICE_NAME": SERVICE,
                 "PARTITIONS": str(PARTITIONS),
                 "STANDBY_REPLICAS": "1",
@@ -93,7 +93,7 @@ def main() -> int:
                 )
 
             stop = threading.Event()
-            loader = threading.Thread(target=lambda: asyncio.run(load(kafka.bootstrap, keys, stop)))
+            loader = threading.Thread(target=lambda: asyncio.run(load(kafka.brokers, keys, stop)))
             nodes = [node(i).start() for i in range(3)]
             durations: list[float] = []
             try:

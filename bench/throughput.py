@@ -29,15 +29,15 @@ PARTITIONS = 12
 SERVICE = "bench-throughput"
 
 
-async def produce(bootstrap: str, events: int, keys: int) -> None:
+async def produce(brokers: str, events: int, keys: int) -> None:
     from backbone.partitioning import partition_for
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     await admin.create_topics([NewTopic(f"{SERVICE}.events", PARTITIONS, 1)])
     await admin.close()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024
+        bootstrap_servers=brokers, acks=1, linger_ms=20, max_batch_size=1024 * 1024
     )
     await producer.start()
     encode = msgspec.json.encode
@@ -87,7 +87,7 @@ def main() -> int:
 
         with LocalKafka(work / "kafka", nodes=1) as kafka:
             started = time.monotonic()
-            asyncio.run(produce(kafka.bootstrap, args.events, args.keys))
+            asyncio.run(produce(kafka.brokers, args.events, args.keys))
             print(
                 f"produced {args.events} events in {time.monotonic() - started:.1f}s",
                 file=sys.stderr,
@@ -97,7 +97,7 @@ def main() -> int:
                 "bench",
                 work,
                 {
-                    "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
                     "SERVICE_NAME": SERVICE,
                     "PARTITIONS": str(PARTITIONS),
                     "PYTHONPATH": str(project / "src"),

@@ -48,9 +48,9 @@ def main() -> int:
 
     say("starting a local Apache Kafka (KRaft) from Maven Central jars")
     with LocalKafka(WORK / "kafka", nodes=1) as kafka:
-        print(f"    bootstrap: {kafka.bootstrap}")
+        print(f"    bootstrap: {kafka.brokers}")
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
             "PYTHONPATH": str(project / "src"),
             "INTERNAL_TOKEN": "demo-token",
         }

@@ -52,9 +52,9 @@ def make_stream(keys: int, orders: int, seed: int) -> tuple[list[tuple[bytes, by
 
 
 async def create_topic(
-    bootstrap: str, topic: str, partitions: int, config: dict[str, str] | None = None
+    brokers: str, topic: str, partitions: int, config: dict[str, str] | None = None
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config or {})])
@@ -63,9 +63,9 @@ async def create_topic(
 
 
 async def produce_over_time(
-    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], chunk: int, pause: float
+    brokers: str, topic: str, events: list[tuple[bytes, bytes]], chunk: int, pause: float
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
     await producer.start()
     try:
         for start in range(0, len(events), chunk):
@@ -76,9 +76,9 @@ async def produce_over_time(
         await producer.stop()
 
 
-async def _offsets(bootstrap: str, topic: str, partitions: int, group: str | None) -> int:
+async def _offsets(brokers: str, topic: str, partitions: int, group: str | None) -> int:
     """Records not yet committed by ``group``, or all records when ``group`` is None."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -91,17 +91,17 @@ async def _offsets(bootstrap: str, topic: str, partitions: int, group: str | Non
         await consumer.stop()
 
 
-def lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    return asyncio.run(_offsets(bootstrap, topic, partitions, group))
+def lag(brokers: str, group: str, topic: str, partitions: int) -> int:
+    return asyncio.run(_offsets(brokers, topic, partitions, group))
 
 
-def produced(bootstrap: str, topic: str, partitions: int) -> int:
-    return asyncio.run(_offsets(bootstrap, topic, partitions, None))
+def produced(brokers: str, topic: str, partitions: int) -> int:
+    return asyncio.run(_offsets(brokers, topic, partitions, None))
 
 
-def topic_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+def topic_starts(brokers: str, topic: str, partitions: int) -> dict[int, int]:
     async def lookup() -> dict[int, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -113,12 +113,12 @@ def topic_starts(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     return asyncio.run(lookup())
 
 
-def truncate_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+def truncate_changelog(brokers: str, topic: str, partitions: int) -> dict[int, int]:
     """Delete every record of every partition, as retention would; returns the new starts."""
 
     async def delete() -> dict[int, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
         await consumer.start()
         await admin.start()
         try:
@@ -133,11 +133,11 @@ def truncate_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int,
     return asyncio.run(delete())
 
 
-def last_records(bootstrap: str, topic: str, partitions: int) -> dict[int, dict[bytes, bytes]]:
+def last_records(brokers: str, topic: str, partitions: int) -> dict[int, dict[bytes, bytes]]:
     """Per partition, the last value of every key: what compaction would keep."""
 
     async def read() -> dict[int, dict[bytes, bytes]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, auto_offset_reset="earliest")
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -227,7 +227,7 @@ class Service:
     """A baked service under test on the session's Kafka: its topics and its nodes."""
 
     name: str
-    bootstrap: str
+    brokers: str
     workdir: Path
     partitions: int
     env: dict[str, str]
@@ -251,21 +251,21 @@ class Service:
         synchronises nothing)."""
         return threading.Thread(
             target=lambda: asyncio.run(
-                produce_over_time(self.bootstrap, self.topic, events, chunk, pause)
+                produce_over_time(self.brokers, self.topic, events, chunk, pause)
             )
         )
 
     def lag(self) -> int:
-        return lag(self.bootstrap, self.name, self.topic, self.partitions)
+        return lag(self.brokers, self.name, self.topic, self.partitions)
 
     def produced(self) -> int:
-        return produced(self.bootstrap, self.topic, self.partitions)
+        return produced(self.brokers, self.topic, self.partitions)
 
 
 def new_service(
     kind: str,
     project: Path,
-    bootstrap: str,
+    brokers: str,
     workdir: Path,
     partitions: int,
     events_config: dict[str, str] | None = None,
@@ -273,9 +273,9 @@ def new_service(
 ) -> Service:
     """A fresh service name (so topics and groups never collide) with its events topic."""
     name = f"{kind}-{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_topic(bootstrap, f"{name}.events", partitions, events_config))
+    asyncio.run(create_topic(brokers, f"{name}.events", partitions, events_config))
     env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_BOOTSTRAP_SERVERS": brokers,
         "SERVICE_NAME": name,
         "PARTITIONS": str(partitions),
         "PYTHONPATH": str(project / "src"),
@@ -283,4 +283,4 @@ def new_service(
         "INTERNAL_TOKEN": INTERNAL_TOKEN,
         **settings,
     }
-    return Service(name, bootstrap, workdir, partitions, env)
+    return Service(name, brokers, workdir, partitions, env)

@@ -25,7 +25,7 @@ if str(ENGINE_SRC) not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Kafka for the whole session: $KAFKA_BOOTSTRAP_SERVERS, or one local broker."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:

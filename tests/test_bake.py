@@ -370,7 +370,7 @@ def test_choice_outside_the_list_is_refused(
 
 @pytest.mark.kafka
 @combos
-def test_generated_service_test_suite_passes(bake: Bake, kafka_bootstrap: str, combo: str) -> None:
+def test_generated_service_test_suite_passes(bake: Bake, kafka_brokers: str, combo: str) -> None:
     """Every test of every supported combination runs and passes: nothing skipped, and the
     PostgreSQL read-model case fails rather than skips without TEST_POSTGRES_URL."""
     # a copy of its own: the service's tests write into their project
@@ -378,7 +378,7 @@ def test_generated_service_test_suite_passes(bake: Bake, kafka_bootstrap: str, c
     env = {
         **os.environ,
         "PYTHONPATH": str(project / "src"),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_brokers,
         "BACKBONE_REQUIRE_POSTGRES": "1",
     }
     env.pop("PYTEST_ADDOPTS", None)

@@ -38,13 +38,13 @@ PARTITIONS = 4
 
 
 def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     # Old changelog segments go within seconds: replay alone could not rebuild a store.
     service = new_service(
         "boot",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         PARTITIONS,
         STANDBY_REPLICAS="1",
@@ -62,9 +62,7 @@ def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
         wait_until(lambda: settled(nodes, PARTITIONS, PARTITIONS), 60, "3 nodes to settle")
         producer.start()
         wait_until(
-            lambda: all(
-                o > 0 for o in topic_starts(kafka_bootstrap, service.changelog, 4).values()
-            ),
+            lambda: all(o > 0 for o in topic_starts(kafka_brokers, service.changelog, 4).values()),
             90,
             "retention to delete the first changelog segments",
         )
@@ -101,7 +99,7 @@ def test_a_wiped_node_bootstraps_from_a_peer_and_loses_nothing(
 
 
 def test_a_standby_left_behind_by_retention_bootstraps_again(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     """A running standby whose next changelog records were deleted before it read them must
     not skip ahead: it reports the gap and copies a checkpoint again. Node 1 is frozen while
@@ -109,7 +107,7 @@ def test_a_standby_left_behind_by_retention_bootstraps_again(
     service = new_service(
         "gap",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         1,
         STANDBY_REPLICAS="1",
@@ -124,16 +122,16 @@ def test_a_standby_left_behind_by_retention_bootstraps_again(
         view = wait_until(lambda: settled(nodes, 1, 1), 60, "2 nodes to settle")
         [active] = [n for n in nodes if n.name == view["partitions"]["0"]["active"]["node"]]
         [standby] = [n for n in nodes if n is not active]
-        asyncio.run(produce_over_time(kafka_bootstrap, service.topic, events[:2000], 500, 0))
+        asyncio.run(produce_over_time(kafka_brokers, service.topic, events[:2000], 500, 0))
         wait_until(lambda: service.lag() == 0, 60, "the first half")
         wait_until(lambda: standbys_caught_up(nodes), 60, "the standby to catch up")
 
         assert standby.proc is not None
         os.kill(standby.proc.pid, signal.SIGSTOP)
         try:
-            asyncio.run(produce_over_time(kafka_bootstrap, service.topic, events[2000:], 500, 0))
+            asyncio.run(produce_over_time(kafka_brokers, service.topic, events[2000:], 500, 0))
             wait_until(lambda: service.lag() == 0, 60, "the second half")
-            starts = truncate_changelog(kafka_bootstrap, service.changelog, 1)
+            starts = truncate_changelog(kafka_brokers, service.changelog, 1)
             assert starts[0] > 0
         finally:
             os.kill(standby.proc.pid, signal.SIGCONT)

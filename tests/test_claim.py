@@ -24,9 +24,9 @@ from clustertools import create_topic
 pytestmark = pytest.mark.kafka
 
 
-async def member(bootstrap: str, topics: Topics) -> AIOKafkaConsumer:
+async def member(brokers: str, topics: Topics) -> AIOKafkaConsumer:
     """A consumer that joined the service's group and holds its one partition."""
-    consumer = AIOKafkaConsumer(topics.events, bootstrap_servers=bootstrap, group_id=topics.group)
+    consumer = AIOKafkaConsumer(topics.events, bootstrap_servers=brokers, group_id=topics.group)
     await consumer.start()
     async with asyncio.timeout(60):
         while not consumer.assignment():
@@ -42,16 +42,16 @@ def processor(
     return Processor(consumer, producer, unused, unused, topics, writer, max_records=10)
 
 
-def test_claims_take_turns_and_readers_skip_the_loser(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_claims_take_turns_and_readers_skip_the_loser(kafka_brokers: str, tmp_path: Path) -> None:
     topics = Topics(f"claim-{uuid.uuid4().hex[:8]}", "customer")
 
     async def run() -> None:
-        await create_topic(kafka_bootstrap, topics.events, 1)
-        await create_topic(kafka_bootstrap, topics.changelog, 1)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-        reader = ChangelogReader(kafka_bootstrap, topics.changelog, "test")
-        consumer = await member(kafka_bootstrap, topics)
-        outsider = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group)
+        await create_topic(kafka_brokers, topics.events, 1)
+        await create_topic(kafka_brokers, topics.changelog, 1)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_brokers, acks="all")
+        reader = ChangelogReader(kafka_brokers, topics.changelog, "test")
+        consumer = await member(kafka_brokers, topics)
+        outsider = AIOKafkaConsumer(bootstrap_servers=kafka_brokers, group_id=topics.group)
         await producer.start()
         await reader.start()
         await outsider.start()

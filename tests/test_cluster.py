@@ -40,12 +40,12 @@ def check_zone_rule(view: dict[str, Any], live_zones: set[str], replicas: int) -
 
 
 def test_failover_keeps_every_event_once_and_standbys_equal_actives(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     service = new_service(
         "cluster",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         PARTITIONS,
         STANDBY_REPLICAS="1",

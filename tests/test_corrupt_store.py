@@ -44,10 +44,10 @@ def quarantined(node: NodeProcess) -> list[Path]:
 
 
 def test_a_corrupt_store_is_quarantined_and_recovered(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     service = new_service(
-        "corrupt", bake(), kafka_bootstrap, tmp_path, PARTITIONS, STANDBY_REPLICAS="1"
+        "corrupt", bake(), kafka_brokers, tmp_path, PARTITIONS, STANDBY_REPLICAS="1"
     )
     events, reference = make_stream(keys=200, orders=3_000, seed=3)
     nodes = [service.node(i).start() for i in range(2)]
@@ -55,7 +55,7 @@ def test_a_corrupt_store_is_quarantined_and_recovered(
         for n in nodes:
             n.wait_ready(timeout=90)
         wait_until(lambda: settled(nodes, PARTITIONS, PARTITIONS), 60, "2 nodes to settle")
-        asyncio.run(produce_over_time(kafka_bootstrap, service.topic, events, 500, 0))
+        asyncio.run(produce_over_time(kafka_brokers, service.topic, events, 500, 0))
         wait_until(lambda: service.lag() == 0, 60, "all input")
         wait_until(lambda: standbys_caught_up(nodes), 60, "standbys to catch up")
 

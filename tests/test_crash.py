@@ -41,12 +41,12 @@ def read_all(data_dir: Path) -> dict[bytes, bytes]:
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     service = new_service(
         "crash",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         PARTITIONS,
         CHANGELOG_RETENTION_MS="-1",  # one node, no peer: the changelog must stay whole

@@ -50,13 +50,13 @@ def actives(nodes: list[NodeProcess]) -> set[int]:
 
 
 def test_double_disk_loss_keeps_every_surviving_copy(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     project = bake()
     service = new_service(
         "loss",
         project,
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         PARTITIONS,
         events_config=RETENTION,
@@ -80,7 +80,7 @@ def test_double_disk_loss_keeps_every_surviving_copy(
             return all(
                 begin > 0
                 for topic in (service.topic, service.changelog)
-                for begin in topic_starts(kafka_bootstrap, topic, PARTITIONS).values()
+                for begin in topic_starts(kafka_brokers, topic, PARTITIONS).values()
             )
 
         wait_until(history_deleted, 120, "retention to delete old events and changelog")
@@ -96,8 +96,8 @@ def test_double_disk_loss_keeps_every_surviving_copy(
         }
         lost = set(range(PARTITIONS)) - held_by_1
         assert held_by_1 and lost, f"the plan gives node 1 {sorted(held_by_1)}: test is void"
-        outputs_before = produced(kafka_bootstrap, f"{service.name}.out", PARTITIONS)
-        dead_before = produced(kafka_bootstrap, f"{service.name}.dlq", PARTITIONS)
+        outputs_before = produced(kafka_brokers, f"{service.name}.out", PARTITIONS)
+        dead_before = produced(kafka_brokers, f"{service.name}.dlq", PARTITIONS)
 
         for i in (0, 2):
             nodes[i].kill()
@@ -167,8 +167,8 @@ def test_double_disk_loss_keeps_every_surviving_copy(
             n.wait_ready(timeout=120)
         wait_until(lambda: service.lag() == 0, 60, "the rebuilt partitions' input")
         assert not incomplete(nodes)
-        assert produced(kafka_bootstrap, f"{service.name}.out", PARTITIONS) == outputs_before
-        assert produced(kafka_bootstrap, f"{service.name}.dlq", PARTITIONS) == dead_before
+        assert produced(kafka_brokers, f"{service.name}.out", PARTITIONS) == outputs_before
+        assert produced(kafka_brokers, f"{service.name}.dlq", PARTITIONS) == dead_before
     finally:
         if producer.is_alive():
             producer.join(timeout=300)

@@ -73,7 +73,7 @@ def make_pki(directory: Path) -> None:
 
 
 def test_internal_api_requires_a_client_certificate_when_tls_is_configured(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
@@ -81,7 +81,7 @@ def test_internal_api_requires_a_client_certificate_when_tls_is_configured(
     service = new_service(
         "tls",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         1,
         INTERNAL_TLS_CERT=str(pki / "node.pem"),

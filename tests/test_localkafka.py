@@ -18,8 +18,8 @@ TOPIC = "replicated"
 TP = TopicPartition(TOPIC, 0)
 
 
-async def create_topic(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topic(brokers: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     try:
         config = {"min.insync.replicas": "1"}
@@ -28,9 +28,9 @@ async def create_topic(bootstrap: str) -> None:
         await admin.close()
 
 
-async def replicas(bootstrap: str) -> list[int]:
+async def replicas(brokers: str) -> list[int]:
     """The topic's replica brokers; empty while the broker answering lacks its metadata."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     try:
         [described] = await admin.describe_topics([TOPIC])
@@ -39,9 +39,9 @@ async def replicas(bootstrap: str) -> list[int]:
         await admin.close()
 
 
-async def produce(bootstrap: str, value: bytes) -> int:
+async def produce(brokers: str, value: bytes) -> int:
     """Send with acks=all; return the partition leader's node id that took the write."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
     await producer.start()
     try:
         # Bounded: after a broker's death the producer retries until the leader moves.
@@ -51,8 +51,8 @@ async def produce(bootstrap: str, value: bytes) -> int:
         await producer.stop()
 
 
-async def read_all(bootstrap: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def read_all(brokers: str, count: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign([TP])
@@ -76,24 +76,24 @@ def java_alive(pid: int) -> bool:
 
 def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -> None:
     kafka = LocalKafka(tmp_path / "kafka", nodes=3)
-    bootstrap = kafka.start(timeout=90)  # stops what it started if it fails
+    brokers = kafka.start(timeout=90)  # stops what it started if it fails
     try:
-        assert len(bootstrap.split(",")) == 3
+        assert len(brokers.split(",")) == 3
         state = json.loads((tmp_path / "kafka" / "cluster.json").read_text())
         pids = [node["pid"] for node in state["nodes"]]
         assert all(java_alive(pid) for pid in pids)
 
-        asyncio.run(create_topic(bootstrap))
-        placed = wait_until(lambda: asyncio.run(replicas(bootstrap)), 30, "the topic's metadata")
+        asyncio.run(create_topic(brokers))
+        placed = wait_until(lambda: asyncio.run(replicas(brokers)), 30, "the topic's metadata")
         assert placed == [0, 1, 2]
-        leader = asyncio.run(produce(bootstrap, b"before"))
-        assert asyncio.run(read_all(bootstrap, 1)) == [b"before"]
+        leader = asyncio.run(produce(brokers, b"before"))
+        assert asyncio.run(read_all(brokers, 1)) == [b"before"]
 
         kafka.kill_node(leader)  # the leader, so the write below needs a failover
         assert not java_alive(pids[leader])
-        new_leader = asyncio.run(produce(bootstrap, b"after"))
+        new_leader = asyncio.run(produce(brokers, b"after"))
         assert new_leader != leader
-        assert asyncio.run(read_all(bootstrap, 2)) == [b"before", b"after"]
+        assert asyncio.run(read_all(brokers, 2)) == [b"before", b"after"]
     finally:
         kafka.stop()
     assert not any(java_alive(pid) for pid in pids)

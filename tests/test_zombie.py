@@ -39,12 +39,12 @@ PARTITIONS = 2
 
 
 def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
-    bake: Bake, kafka_bootstrap: str, tmp_path: Path
+    bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
     service = new_service(
         "zombie",
         bake(),
-        kafka_bootstrap,
+        kafka_brokers,
         tmp_path,
         PARTITIONS,
         STANDBY_REPLICAS="1",
@@ -67,7 +67,7 @@ def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
             return zombie.log_path.read_text().count('"fault_stall"')
 
         stalled = stalls()
-        asyncio.run(produce_over_time(kafka_bootstrap, service.topic, first, 500, 0))
+        asyncio.run(produce_over_time(kafka_brokers, service.topic, first, 500, 0))
         wait_until(lambda: stalls() > stalled, 60, "node 0 to stall before a changelog write")
         assert zombie.proc is not None
         os.kill(zombie.proc.pid, signal.SIGSTOP)
@@ -77,7 +77,7 @@ def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
                 60,
                 "node 1 to take both partitions over",
             )
-            asyncio.run(produce_over_time(kafka_bootstrap, service.topic, rest, 500, 0))
+            asyncio.run(produce_over_time(kafka_brokers, service.topic, rest, 500, 0))
             wait_until(lambda: service.lag() == 0, 120, "node 1 to process every event")
         finally:
             os.kill(zombie.proc.pid, signal.SIGCONT)
@@ -89,7 +89,7 @@ def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
         final = wait_until(lambda: settled(nodes, PARTITIONS, PARTITIONS), 120, "node 0 to rejoin")[
             "partitions"
         ]
-        asyncio.run(produce_over_time(kafka_bootstrap, service.topic, last, 100, 0))
+        asyncio.run(produce_over_time(kafka_brokers, service.topic, last, 100, 0))
         wait_until(lambda: service.lag() == 0, 120, "all input")
         wait_until(lambda: standbys_caught_up(nodes), 60, "standbys to catch up")
 
@@ -99,7 +99,7 @@ def test_a_writer_woken_after_losing_its_partition_corrupts_nothing(
             n.stop()
     check_replicas(final, nodes, reference)
     by_name = {n.name: n for n in nodes}
-    kept_by_compaction = last_records(kafka_bootstrap, service.changelog, PARTITIONS)
+    kept_by_compaction = last_records(kafka_brokers, service.changelog, PARTITIONS)
     for p, replicas in final.items():
         active = read_store(by_name[replicas["active"]["node"]].data_dir, int(p))
         kept = {k: v for k, v in kept_by_compaction[int(p)].items() if v is not None}

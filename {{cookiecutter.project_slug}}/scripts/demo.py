@@ -28,14 +28,14 @@ def active_total(nodes: list[NodeProcess]) -> int:
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     with LocalKafka(WORK / "kafka", nodes=1) as kafka:
-        print(f"==> Kafka at {kafka.bootstrap}")
+        print(f"==> Kafka at {kafka.brokers}")
         nodes = [
             NodeProcess(
                 "{{ cookiecutter.package_name }}",
                 f"node-{i}",
                 WORK,
                 {
-                    "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
                     "ZONE": zone,
                     "INTERNAL_TOKEN": "demo-token",
                 },

@@ -12,13 +12,13 @@ from backbone.dev.localkafka import LocalKafka
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
         yield existing
         return
     with LocalKafka(tmp_path_factory.mktemp("kafka"), nodes=1) as kafka:
-        yield kafka.bootstrap
+        yield kafka.brokers
 
 
 NodeFactory = Callable[..., NodeProcess]
@@ -31,7 +31,7 @@ def service_name() -> str:
 
 
 @pytest.fixture
-def node_factory(kafka_bootstrap: str, service_name: str, tmp_path: Path) -> Iterator[NodeFactory]:
+def node_factory(kafka_brokers: str, service_name: str, tmp_path: Path) -> Iterator[NodeFactory]:
     nodes: list[NodeProcess] = []
 
     def make(name: str = "n1", **env: str) -> NodeProcess:
@@ -40,7 +40,7 @@ def node_factory(kafka_bootstrap: str, service_name: str, tmp_path: Path) -> Ite
             name,
             tmp_path,
             {
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_brokers,
                 "SERVICE_NAME": service_name,
                 # the service's own partition count, at most 4 to keep the tests quick
                 "PARTITIONS": "{{ [cookiecutter.partitions | int, 4] | min }}",

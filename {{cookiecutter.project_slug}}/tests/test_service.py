@@ -220,7 +220,7 @@ def test_a_wiped_disk_is_rebuilt_from_the_changelog(node_factory: NodeFactory) -
 
 
 def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
-    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+    node_factory: NodeFactory, kafka_brokers: str, service_name: str
 ) -> None:
     node = node_factory().start()
     node.wait_ready()
@@ -228,7 +228,7 @@ def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
     wait_for(state_with(node, "c-1", version=1), what="registration")
 
     async def produce_bad_then_good() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_brokers)
         await producer.start()
         try:
             topic = f"{service_name}.events"
@@ -244,7 +244,7 @@ def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
 
     async def read_dlq() -> list[Any]:
         consumer = AIOKafkaConsumer(
-            f"{service_name}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+            f"{service_name}.dlq", bootstrap_servers=kafka_brokers, auto_offset_reset="earliest"
         )
         await consumer.start()
         records: list[Any] = []
@@ -269,7 +269,7 @@ def test_bad_records_go_to_the_dlq_and_the_partition_goes_on(
 
 
 def test_dlq_replay_resubmits_chosen_records_after_a_fix(
-    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+    node_factory: NodeFactory, kafka_brokers: str, service_name: str
 ) -> None:
     """An order for an unregistered customer is rejected; after registering, replay it."""
     node = node_factory().start()
@@ -278,7 +278,7 @@ def test_dlq_replay_resubmits_chosen_records_after_a_fix(
     wait_for(lambda: (node.status() or {}).get("dead_letters") == 1, what="the dead letter")
     register(node, "late-1")
     wait_for(state_with(node, "late-1", version=1), what="registration")
-    env = {**node.env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SERVICE_NAME": service_name}
+    env = {**node.env, "KAFKA_BOOTSTRAP_SERVERS": kafka_brokers, "SERVICE_NAME": service_name}
     command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "dlq", "replay"]
     dry = subprocess.run(
         [*command, "--reason", "rejected", "--dry-run"],
@@ -300,7 +300,7 @@ def test_dlq_replay_resubmits_chosen_records_after_a_fix(
 
 
 def test_a_store_ahead_of_a_recreated_changelog_is_refused_with_advice(
-    node_factory: NodeFactory, kafka_bootstrap: str, service_name: str
+    node_factory: NodeFactory, kafka_brokers: str, service_name: str
 ) -> None:
     node = node_factory(PARTITIONS="1").start()
     node.wait_ready()
@@ -310,7 +310,7 @@ def test_a_store_ahead_of_a_recreated_changelog_is_refused_with_advice(
     changelog = f"{service_name}.{{ cookiecutter.aggregate_name }}-changelog"
 
     async def changelog_exists(delete: bool) -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
         await admin.start()
         try:
             if delete:

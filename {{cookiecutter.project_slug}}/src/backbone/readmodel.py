@@ -175,18 +175,18 @@ class ReadModel(Generic[A]):
 class Projector(Generic[A]):
     """Tails every partition of the changelog into the read model."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, model: ReadModel[A]) -> None:
+    def __init__(self, brokers: str, topic: str, partitions: int, model: ReadModel[A]) -> None:
         self.topic = topic
         self.partitions = partitions
         self.model = model
-        self.bootstrap = bootstrap
+        self.brokers = brokers
         self.rows = 0
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=self.brokers,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

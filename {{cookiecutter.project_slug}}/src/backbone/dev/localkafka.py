@@ -93,7 +93,7 @@ class _Node(TypedDict):
 
 
 class _State(TypedDict):
-    bootstrap: str
+    brokers: str
     cluster_id: str
     version: str
     nodes: list[_Node]
@@ -188,9 +188,9 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _brokers_seen(bootstrap: str) -> set[int]:
+def _brokers_seen(brokers: str) -> set[int]:
     async def probe() -> set[int]:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        client = AIOKafkaClient(bootstrap_servers=brokers, request_timeout_ms=5000)
         try:
             await client.bootstrap()
             return {int(b.nodeId) for b in client.cluster.brokers()}
@@ -226,11 +226,11 @@ class LocalKafka:
         return self._state
 
     @property
-    def bootstrap(self) -> str:
+    def brokers(self) -> str:
         state = self._load()
         if state is None:
             raise LocalKafkaError(f"no cluster started in {self.workdir}")
-        return state["bootstrap"]
+        return state["brokers"]
 
     def _alive(self, node: _Node) -> bool:
         """True while the pid is still this node's JVM: a recycled pid is never signalled."""
@@ -299,22 +299,22 @@ class LocalKafka:
                     m["id"], "kafka.Kafka", self._props(m["id"]), out=log, session=True
                 )
             self._procs[m["id"]], m["pid"] = proc, proc.pid
-        bootstrap = ",".join(f"127.0.0.1:{m['port']}" for m in nodes)
+        brokers = ",".join(f"127.0.0.1:{m['port']}" for m in nodes)
         self._state = _State(
-            bootstrap=bootstrap, cluster_id=cluster_id, version=self.version, nodes=nodes
+            brokers=brokers, cluster_id=cluster_id, version=self.version, nodes=nodes
         )
         # Written before the wait, so `stop` finds the JVMs even if this process dies meanwhile.
         (self.workdir / "cluster.json").write_text(json.dumps(self._state, indent=2) + "\n")
-        _say(f"started {n} JVM(s), waiting for all brokers at {bootstrap}")
+        _say(f"started {n} JVM(s), waiting for all brokers at {brokers}")
         try:
-            self._wait_ready(nodes, bootstrap, timeout)
+            self._wait_ready(nodes, brokers, timeout)
         except BaseException:
             self.stop()
             raise
         _say(f"{n} node(s) ready in {time.monotonic() - t0:.1f}s")
-        return bootstrap
+        return brokers
 
-    def _wait_ready(self, nodes: list[_Node], bootstrap: str, timeout: float) -> None:
+    def _wait_ready(self, nodes: list[_Node], brokers: str, timeout: float) -> None:
         deadline, seen = time.monotonic() + timeout, set[int]()
         while True:
             for node in nodes:
@@ -325,7 +325,7 @@ class LocalKafka:
                         + self._logs(node["id"])
                     )
             if all(_listening(node["port"]) for node in nodes):
-                seen = _brokers_seen(bootstrap)
+                seen = _brokers_seen(brokers)
                 if len(seen) == len(nodes):
                     return
             if time.monotonic() > deadline:
