@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 
@@ -49,6 +49,3 @@ class Service(Generic[A]):
         from backbone.cli import main
 
         return main(self, argv)
-
-    def describe(self) -> dict[str, Any]:
-        return {"service": self.name, "store": self.domain.name, "plural": self.plural}
