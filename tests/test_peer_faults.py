@@ -33,6 +33,7 @@ from backbone.http.internal import internal_app
 from backbone.settings import EngineSettings
 from backbone.snapshot import FileEntry, Manifest, receive_checkpoint, stream_checkpoint
 from backbone.snapshot.bootstrap import (
+    COPY_HEADER,
     OFFSET_HEADER,
     Bootstrapper,
     FixedPeers,
@@ -468,6 +469,38 @@ def test_the_overall_deadline_ends_the_retries(
     assert len(busy.requests) >= 2, "no retry before giving up"
     assert raised.value.copy_exists
     assert not target.exists()
+
+
+def test_a_peer_that_holds_no_copy_ends_the_search_at_once(
+    tmp_path: Path, peers: Callable[..., FakePeer]
+) -> None:
+    """A replica whose own store has a gap says so: with nobody else to ask, the bootstrap
+    reports that no copy exists instead of waiting for one until its deadline."""
+    target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
+    empty = peers(always(Answer(status=404, body=b"not held", headers={COPY_HEADER: "none"})))
+    started = time.monotonic()
+    with pytest.raises(NoSourceError, match="holds a copy") as raised:
+        bootstrap([empty.url], target, staging_root, Limits(deadline_s=60), guard_s=20)
+    assert time.monotonic() - started < 5
+    assert len(empty.requests) == 1
+    assert not raised.value.copy_exists
+
+
+def test_a_peer_still_restoring_its_copy_is_waited_for(
+    tmp_path: Path, good: Good, peers: Callable[..., FakePeer]
+) -> None:
+    target, staging_root = tmp_path / "stores" / "3", tmp_path / "incoming"
+
+    def restoring_then_ready(peer: FakePeer, handler: BaseHTTPRequestHandler, n: int) -> None:
+        if n == 1:
+            send(handler, Answer(status=404, body=b"restoring", headers={COPY_HEADER: "usable"}))
+        else:
+            send(handler, Answer(body=good.tar))
+
+    peer = peers(restoring_then_ready)
+    manifest = bootstrap([peer.url], target, staging_root, Limits(deadline_s=20))
+    assert manifest == good.manifest and len(peer.requests) == 2
+    assert_installed(good, target, staging_root)
 
 
 # --- the serving side -------------------------------------------------------------------

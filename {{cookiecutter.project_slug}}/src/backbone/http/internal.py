@@ -37,7 +37,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from backbone.node.engine import Engine
 from backbone.node.queries import NotOwnedError
 from backbone.snapshot import stream_checkpoint
-from backbone.snapshot.bootstrap import OFFSET_HEADER
+from backbone.snapshot.bootstrap import COPY_HEADER, OFFSET_HEADER
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +105,11 @@ def internal_app(engine: Engine[Any]) -> Litestar:
     async def checkpoint(partition: int, scope: Scope) -> Stream:
         store = engine.held_store(partition)
         if store is None:
-            raise NotFoundException(f"partition {partition} is not held on this node")
+            usable = await engine.holds_usable_copy(partition)
+            raise NotFoundException(
+                f"partition {partition} is not held on this node",
+                headers={COPY_HEADER: "usable" if usable else "none"},
+            )
         if streams.locked():
             raise HTTPException(
                 status_code=HTTP_429_TOO_MANY_REQUESTS,

@@ -247,6 +247,17 @@ class Engine(Generic[A]):
         """The store of a partition this node serves checkpoints of (active or standby)."""
         return None if self.parts is None else self.parts.partitions.serving(partition)
 
+    async def holds_usable_copy(self, partition: int) -> bool:
+        """Whether this node has a store of ``partition`` that the changelog completes,
+        served or not (a peer that asks must not give up on it while it restores)."""
+        if self.parts is None:
+            return False
+        offset = self.parts.partitions.local_offset(partition)
+        if not offset:
+            return False
+        begin, _ = await self.parts.clients.reader.bounds(partition)
+        return offset >= begin
+
     def get_local(self, aggregate_id: str) -> A | None:
         if self.parts is None:
             raise NotOwnedError("this node is starting")

@@ -106,6 +106,11 @@ class PartitionSet:
             return None
         return self.stores.get(p)
 
+    def local_offset(self, p: int) -> int | None:
+        """The changelog offset of this node's store of ``p``, open or closed on disk."""
+        store = self.stores.get(p)
+        return store.meta().changelog_offset if store is not None else self.known_offsets.get(p)
+
     def all_active_ready(self) -> bool:
         return all(h.ready for h in self.held.values() if h.role is Role.ACTIVE)
 

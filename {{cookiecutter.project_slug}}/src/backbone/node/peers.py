@@ -29,7 +29,7 @@ class GroupPeers:
         ordered = [r.endpoint for _, _, r in sorted(candidates, key=lambda c: c[:2])]
         return [url for url in dict.fromkeys(ordered) if url != self.self_url]
 
-    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
+    def holds_copy(self, partition: int, changelog_begin: int, ruled_out: set[str]) -> bool:
         """Offsets are as of the member's last join: a replica that reported state then
         has followed the changelog since; any other store is complete only if the
         changelog still reaches back to it."""
@@ -39,6 +39,7 @@ class GroupPeers:
             replicas.add(active.endpoint)
         return any(
             replica.endpoint != self.self_url
+            and replica.endpoint not in ruled_out
             and offset > 0
             and (replica.endpoint in replicas or offset >= changelog_begin)
             for replica, offset in routes.holders.get(partition, [])

@@ -34,6 +34,9 @@ from backbone.snapshot.install import receive_checkpoint
 log = structlog.get_logger(__name__)
 
 OFFSET_HEADER = "x-backbone-checkpoint-offset"
+# On a 404: "usable" when the peer holds a store the changelog completes but does not serve
+# it yet (it is restoring), "none" when it holds no such store.
+COPY_HEADER = "x-backbone-copy"
 SOCKET_TIMEOUT_S = 60.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 15.0
@@ -44,7 +47,11 @@ class SourceError(RuntimeError):
 
 
 class SourceBusyError(SourceError):
-    """The peer holds the partition but serves too many checkpoints right now."""
+    """The peer holds a copy of the partition but cannot serve it right now."""
+
+
+class NoCopyError(SourceError):
+    """The peer says it holds no copy that the changelog completes."""
 
 
 class NoSourceError(RuntimeError):
@@ -80,9 +87,9 @@ class Peers(Protocol):
         """Internal URLs of peers serving the partition, best first."""
         ...
 
-    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
-        """Whether another member reports a store of the partition that the changelog
-        still completes (its offset is at or past the changelog's first offset)."""
+    def holds_copy(self, partition: int, changelog_begin: int, ruled_out: set[str]) -> bool:
+        """Whether a member other than those in ``ruled_out`` (URLs that said they hold no
+        copy) reports a store of the partition that the changelog still completes."""
         ...
 
 
@@ -98,8 +105,8 @@ class FixedPeers:
     def sources(self, partition: int) -> list[str]:
         return list(self.urls)
 
-    def holds_copy(self, partition: int, changelog_begin: int) -> bool:
-        return bool(self.urls)
+    def holds_copy(self, partition: int, changelog_begin: int, ruled_out: set[str]) -> bool:
+        return bool(set(self.urls) - ruled_out)
 
 
 @dataclass(slots=True)
@@ -195,8 +202,8 @@ class Bootstrapper:
 
         Tries every source in turn, round after round with growing pauses, until one
         serves a checkpoint or the deadline passes. Gives up after a round in which no
-        source was busy and no other member reported a usable copy when it last joined
-        (NoSourceError with ``copy_exists`` False)."""
+        source was busy and no member, but those that said they hold none, reported a
+        usable copy when it last joined (NoSourceError with ``copy_exists`` False)."""
         deadline = time.monotonic() + self.limits.deadline_s
         failures: list[str] = []
         rounds = 0
@@ -205,6 +212,7 @@ class Bootstrapper:
                 await self.peers.refresh()
             urls = self.peers.sources(partition)
             busy = False
+            ruled_out: set[str] = set()
             for url in urls:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -218,6 +226,8 @@ class Bootstrapper:
                     raise
                 except Exception as exc:  # any fault of one source: try the next
                     busy = busy or isinstance(exc, SourceBusyError)
+                    if isinstance(exc, NoCopyError):
+                        ruled_out.add(url)
                     error = str(exc) or type(exc).__name__
                     failures.append(f"{url}: {error}")
                     log.warning(
@@ -225,7 +235,7 @@ class Bootstrapper:
                     )
                 finally:
                     self.progress.pop(partition, None)
-            if not busy and not self.peers.holds_copy(partition, changelog_begin):
+            if not busy and not self.peers.holds_copy(partition, changelog_begin, ruled_out):
                 detail = f": {'; '.join(failures[-3:])}" if failures else ""
                 raise NoSourceError(
                     f"no member of the group holds a copy of partition {partition}{detail}",
@@ -238,7 +248,8 @@ class Bootstrapper:
                 raise NoSourceError(
                     f"no peer could serve partition {partition} within "
                     f"{self.limits.deadline_s:g}s: {detail}",
-                    copy_exists=busy or self.peers.holds_copy(partition, changelog_begin),
+                    copy_exists=busy
+                    or self.peers.holds_copy(partition, changelog_begin, ruled_out),
                 )
             log.info(
                 "bootstrap_retrying",
@@ -299,7 +310,12 @@ class Bootstrapper:
         response = await download.open()
         if response.status != 200:
             body = (await asyncio.to_thread(response.read, 300)).decode(errors="replace")
-            error = SourceBusyError if response.status == 429 else SourceError
+            copy = response.getheader(COPY_HEADER, "")
+            error: type[SourceError] = SourceError
+            if response.status == 429 or copy == "usable":
+                error = SourceBusyError
+            elif response.status == 404 and copy == "none":
+                error = NoCopyError
             raise error(f"answered {response.status}: {body}")
         raw = response.getheader(OFFSET_HEADER, "")
         try:
