@@ -257,3 +257,9 @@ def test_the_fault_hook_stalls_before_publishing_and_delays_after(
     assert sent == [None] and calls == ["published"]
     assert took >= 0.1
     assert logs == [{"event": "fault_stall", "partitions": [4], "log_level": "warning"}]
+
+
+@pytest.mark.parametrize("token", ["change-me", "CHANGEME", " secret "])
+def test_a_placeholder_internal_token_is_refused(token: str) -> None:
+    with pytest.raises(SettingsError, match="INTERNAL_TOKEN is a placeholder"):
+        EngineSettings.from_env("svc", "customer", 12, 1, {"INTERNAL_TOKEN": token})

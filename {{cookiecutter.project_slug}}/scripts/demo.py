@@ -1,4 +1,5 @@
-"""`make demo`: start a local Kafka and 3 nodes of this service, post events, read back."""
+"""`make demo`: start a local Kafka and one node of this service per zone, post events, read
+back."""
 
 import json
 import shutil

@@ -23,6 +23,11 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 import msgspec
 
 
+# Example values from docs and compose files: a node that starts with one would hand every
+# customer's data to anyone who read the same example.
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "password"})
+
+
 class SettingsError(ValueError):
     """A setting has a value the engine cannot use; the message names it and what is allowed."""
 
@@ -331,6 +336,11 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 "mutual TLS on the internal API needs INTERNAL_TLS_CERT, INTERNAL_TLS_KEY "
                 "and INTERNAL_TLS_CA together"
+            )
+        if self.internal_token.strip().lower() in PLACEHOLDER_TOKENS:
+            raise SettingsError(
+                "INTERNAL_TOKEN is a placeholder: every peer knows it. Set the same random "
+                "secret on every node, for example the output of `openssl rand -hex 32`"
             )
         if self.internal_url:
             return self
