@@ -14,9 +14,11 @@ import json
 import keyword
 import re
 import sys
+from collections.abc import Callable
 
 # Single quotes on purpose: tojson output holds double quotes and never a single one.
-ANSWERS: dict[str, object] = json.loads(r'{{ cookiecutter | tojson }}')  # fmt: skip
+# Parsed in main() only, so that the checks can be imported unrendered (local_extensions.py).
+ANSWERS_JSON = r'{{ cookiecutter | tojson }}'  # fmt: skip
 
 ENGINE_PACKAGE = "backbone"
 # Import names the generated project already uses: a service package with one of these
@@ -46,6 +48,16 @@ TAKEN_CLASSES = frozenset(
     {"Any", "Context", "Domain", "DomainError", "Event", "Handlers", "State", "Upcasters"}
 )
 MAX_PARTITIONS = 10_000
+# The longest names whose generated code still passes its own ruff check and format (lines of
+# at most 100 characters): tests/test_bake.py bakes exactly these lengths.
+MAX_LENGTHS = {
+    "project_name": 60,
+    "project_slug": 36,
+    "package_name": 36,
+    "aggregate_name": 20,
+    "aggregate_class": 20,
+    "aggregate_plural": 22,
+}
 MAX_STANDBY_REPLICAS = 10
 
 SLUG = re.compile(r"[a-z][a-z0-9-]*")
@@ -185,16 +197,37 @@ def check_zones(value: str) -> list[str]:
     return problems
 
 
+def check_length(key: str, value: str) -> list[str]:
+    limit = MAX_LENGTHS[key]
+    if len(value) <= limit:
+        return []
+    fix = {
+        "project_slug": "shorten project_name, or set project_slug and package_name",
+        "package_name": "shorten project_name, or set package_name",
+        "aggregate_class": "shorten aggregate_name, or set aggregate_class",
+        "aggregate_plural": "shorten aggregate_name, or set aggregate_plural",
+    }.get(key, "use a shorter name")
+    return [
+        f"{key} {value!r} is {len(value)} characters long, more than the {limit} that keep "
+        f"the generated code within its 100-character lines: {fix}"
+    ]
+
+
 def problems_in(answers: dict[str, object]) -> list[str]:
     text = {key: _text(answers, key) for key in answers}
     get = text.get
+
+    def named(key: str, check: Callable[[str], list[str]]) -> list[str]:
+        value = get(key, "")
+        return check(value) or check_length(key, value)
+
     return [
-        *check_project_name(get("project_name", "")),
-        *check_project_slug(get("project_slug", "")),
-        *check_package_name(get("package_name", "")),
-        *check_aggregate_name(get("aggregate_name", "")),
-        *check_aggregate_plural(get("aggregate_plural", "")),
-        *check_aggregate_class(get("aggregate_class", "")),
+        *named("project_name", check_project_name),
+        *named("project_slug", check_project_slug),
+        *named("package_name", check_package_name),
+        *named("aggregate_name", check_aggregate_name),
+        *named("aggregate_plural", check_aggregate_plural),
+        *named("aggregate_class", check_aggregate_class),
         *check_int("partitions", get("partitions", ""), 1, MAX_PARTITIONS),
         *check_int("standby_replicas", get("standby_replicas", ""), 0, MAX_STANDBY_REPLICAS),
         *check_include_read_model(get("include_read_model", "")),
@@ -203,7 +236,7 @@ def problems_in(answers: dict[str, object]) -> list[str]:
 
 
 def main() -> int:
-    problems = problems_in(ANSWERS)
+    problems = problems_in(json.loads(ANSWERS_JSON))
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:

@@ -46,6 +46,15 @@ SUPPORTED_COMBINATIONS: dict[str, dict[str, str]] = {
     "one-partition-no-standby": {"partitions": "1", "standby_replicas": "0"},
     "three-zones": {"zones": "az-1,az-2,az-3"},
     "one-zone": {"zones": "zone-a"},
+    # The longest names the pre-gen hook accepts (its MAX_LENGTHS), every one at its limit.
+    "longest-names": {
+        "project_name": "Customer Backbone For The Regional Loyalty Programme Of Acme",
+        "project_slug": "regional-loyalty-programme-backbone1",
+        "package_name": "regional_loyalty_programme_backbone1",
+        "aggregate_name": "loyalty_member_stamp",
+        "aggregate_class": "LoyaltyMemberStampXy",
+        "aggregate_plural": "loyalty_member_stamps1",
+    },
 }
 
 
@@ -296,6 +305,43 @@ INVALID_ANSWERS = [
         {"zones": "zone-a, zone-b"},
         "ERROR: zones 'zone-a, zone-b': zone ' zone-b' is not a valid zone name",
         id="zone-with-space",
+    ),
+    pytest.param(
+        {
+            "project_name": "Customer Backbone For The Regional Loyalty Programme Of Acmes",
+            "project_slug": "acme-loyalty",
+            "package_name": "acme_loyalty",
+        },
+        "ERROR: project_name 'Customer Backbone For The Regional Loyalty Programme Of Acmes' "
+        "is 61 characters long, more than the 60",
+        id="project-name-too-long",
+    ),
+    pytest.param(
+        {"project_slug": "regional-loyalty-programme-backbone12", "package_name": "loyalty"},
+        "ERROR: project_slug 'regional-loyalty-programme-backbone12' is 37 characters long, "
+        "more than the 36",
+        id="slug-too-long",
+    ),
+    pytest.param(
+        {"package_name": "regional_loyalty_programme_backbone12"},
+        "ERROR: package_name 'regional_loyalty_programme_backbone12' is 37 characters long, "
+        "more than the 36",
+        id="package-too-long",
+    ),
+    pytest.param(
+        {"aggregate_name": "loyalty_member_stamps", "aggregate_class": "LoyaltyMember"},
+        "ERROR: aggregate_name 'loyalty_member_stamps' is 21 characters long, more than the 20",
+        id="aggregate-too-long",
+    ),
+    pytest.param(
+        {"aggregate_class": "LoyaltyMemberStampXyz"},
+        "ERROR: aggregate_class 'LoyaltyMemberStampXyz' is 21 characters long, more than the 20",
+        id="class-too-long",
+    ),
+    pytest.param(
+        {"aggregate_plural": "loyalty_member_stamps12"},
+        "ERROR: aggregate_plural 'loyalty_member_stamps12' is 23 characters long, more than the 22",
+        id="plural-too-long",
     ),
 ]
 

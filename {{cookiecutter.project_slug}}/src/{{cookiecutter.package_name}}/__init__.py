@@ -1,3 +1,6 @@
-"""{{ cookiecutter.project_name }}: an event-sourced service on the Customer Backbone engine."""
+"""{{ cookiecutter.project_name }}.
+
+An event-sourced service on the Customer Backbone engine.
+"""
 
 __version__ = "0.1.0"
