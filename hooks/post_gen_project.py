@@ -32,7 +32,9 @@ READ_MODEL_ONLY = [
 ]
 
 # Context keys cookiecutter adds that describe this machine and run, not the project.
-RUNTIME_KEYS = ("_output_dir", "_repo_dir", "_checkout")
+# __checked_answers (the check run by hooks/answers.py) is left out too, so that `cruft update`
+# renders it afresh and checks the answers again.
+RUNTIME_KEYS = ("_output_dir", "_repo_dir", "_checkout", "__checked_answers")
 # Never touched by `cruft update`: local state of a working copy.
 CRUFT_SKIP = [".git", "data", ".venv"]
 # Remote template references as cookiecutter recognises them (repository.is_repo_url,

@@ -91,9 +91,11 @@ def check_project_name(value: str) -> list[str]:
 def check_project_slug(value: str) -> list[str]:
     if SLUG.fullmatch(value) and not value.endswith("-"):
         return []
+    unspelled = "" if value.isascii() else " (set project_slug and package_name yourself)"
     return [
         f"project_slug {value!r} is not a valid distribution name: use lowercase letters, "
         "digits and '-', starting with a letter and not ending with '-' (e.g. 'customer-backbone')"
+        + unspelled
     ]
 
 
@@ -221,10 +223,17 @@ def problems_in(answers: dict[str, object]) -> list[str]:
         value = get(key, "")
         return check(value) or check_length(key, value)
 
+    name_problems = named("project_name", check_project_name)
+
+    def derived(key: str, check: Callable[[str], list[str]]) -> list[str]:
+        # A name with nothing usable in it derives an empty slug and package: the name's own
+        # problem says it all.
+        return [] if name_problems and not get(key, "") else named(key, check)
+
     return [
-        *named("project_name", check_project_name),
-        *named("project_slug", check_project_slug),
-        *named("package_name", check_package_name),
+        *name_problems,
+        *derived("project_slug", check_project_slug),
+        *derived("package_name", check_package_name),
         *named("aggregate_name", check_aggregate_name),
         *named("aggregate_plural", check_aggregate_plural),
         *named("aggregate_class", check_aggregate_class),
