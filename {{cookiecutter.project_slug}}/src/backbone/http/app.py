@@ -11,7 +11,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 
 from backbone.http.public import admin_routes, aggregate_routes, health_routes, read_model_routes
 from backbone.node.engine import Engine
-from backbone.observability import configure_logging, configure_tracing
+from backbone.observability import configure_logging, configure_tracing, log_refusals
 from backbone.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
         plugins=[OpenTelemetryPlugin(OpenTelemetryConfig())] if provider else [],
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # structlog, configured above, owns logging
+        before_send=[log_refusals],  # 4xx answers, logged without secrets
     )
     app.state.engine = engine
     return app
