@@ -119,6 +119,9 @@ _WAITS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
 )
 
 
+_REBALANCING = re.compile(r"because it is rebalancing|RebalanceInProgress")
+
+
 def _wait_kind(text: str) -> tuple[str, str] | None:
     for kind, what, pattern in _WAITS:
         if pattern.search(text):
@@ -195,6 +198,9 @@ class _FoldKafkaWaits(logging.Filter):
         if not record.name.startswith("aiokafka") or record.levelno < logging.WARNING:
             return True
         detail = record.getMessage()
+        if _REBALANCING.search(detail):  # every member sees it while the group rebalances
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
         folded = self.waits.fold(detail)
         if folded is None:
             return True
