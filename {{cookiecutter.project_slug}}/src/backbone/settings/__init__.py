@@ -22,7 +22,6 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import msgspec
 
-
 # Example values from docs and compose files: a node that starts with one would hand every
 # customer's data to anyone who read the same example.
 PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "password"})
