@@ -70,16 +70,28 @@ class EventCodec:
                     return msgspec.convert(data, type=event_type)
             return self._decoder.decode(value)
         except msgspec.ValidationError as exc:
-            raise DecodeError(self._explain(str(exc))) from exc
+            raise DecodeError(self._explain(str(exc), value)) from exc
         except msgspec.DecodeError as exc:
             raise DecodeError(f"malformed JSON: {exc}") from exc
         except (LookupError, ValueError) as exc:
             raise DecodeError(str(exc)) from exc
 
-    def _explain(self, message: str) -> str:
+    def _explain(self, message: str, value: bytes) -> str:
         if "at `$.type`" in message:
             return f"{message}; known event types: {', '.join(self.type_names)}"
+        if message.startswith("Object contains unknown field") and "at `$." not in message:
+            event_type = self._type_of(value)
+            if event_type is not None:
+                fields = ", ".join(event_type.__struct_fields__) or "none"
+                return f"{message}; {event_type_name(event_type)} has the fields: {fields}"
         return message
+
+    def _type_of(self, value: bytes) -> type[Event] | None:
+        try:
+            name = msgspec.json.decode(value, type=dict[str, Any]).get("type")
+        except msgspec.MsgspecError:
+            return None
+        return self._by_name.get(name) if isinstance(name, str) else None
 
     def encode(self, event: Event) -> tuple[bytes, list[tuple[str, bytes]]]:
         headers = [

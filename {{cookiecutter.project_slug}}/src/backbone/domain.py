@@ -19,11 +19,21 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=_snake):
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="type",
+    tag=_snake,
+    forbid_unknown_fields=True,
+):
     """Base of every domain event; serialised as JSON with a snake_case ``type`` tag.
 
     ``schema_version`` is carried in a record header; raise it when the shape changes and
-    register an upcaster for the old version.
+    register an upcaster for the old version. A field the event does not declare is an
+    error (400 over HTTP, the dead-letter topic from Kafka), so a misspelt field is never
+    dropped silently; an upcaster turns an old shape, old fields included, into the current
+    one before that check. A subclass declared with ``forbid_unknown_fields=False`` opts out.
     """
 
     schema_version: ClassVar[int] = 1
