@@ -130,6 +130,23 @@ def test_undecodable_and_unknown_events_are_dead_lettered(
     assert state is not None and state.order_count == 0
 
 
+def test_a_misspelt_field_is_dead_lettered_naming_it(driver: Driver) -> None:
+    register(driver)
+    driver.send_raw(b"c-1", b'{"type": "profile_updated", "nmae": "Bob"}')
+    [letter] = driver.dead_letters
+    assert letter.reason == "invalid_event"
+    assert "unknown field `nmae`" in letter.error
+    state = driver.get("c-1")
+    assert state is not None and (state.name, state.version) == ("Ada", 1)
+
+
+def test_an_old_field_without_the_old_version_header_is_dead_lettered(driver: Driver) -> None:
+    register(driver)
+    driver.send_raw(b"c-1", b'{"type": "order_placed", "order_id": "o-1", "amount": 12.34}')
+    [letter] = driver.dead_letters
+    assert "unknown field `amount`" in letter.error
+
+
 def test_old_order_placed_shape_is_upcast(driver: Driver) -> None:
     register(driver)
     driver.send_raw(
