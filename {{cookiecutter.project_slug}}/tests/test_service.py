@@ -1,6 +1,7 @@
 """The service against a real Kafka: HTTP in, aggregate out, crashes, wiped disks, DLQ."""
 
 import asyncio
+import html
 import json
 import shutil
 import subprocess
@@ -16,8 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.dev.cluster import NodeProcess
 from backbone.dev.cluster import wait_until as wait_for
+from backbone.domain import event_type_name
 from backbone.store import PartitionStore
 
+from {{ cookiecutter.package_name }} import __version__
+from {{ cookiecutter.package_name }}.app import SERVICE
+from {{ cookiecutter.package_name }}.domain import DOMAIN
 from tests.conftest import NodeFactory
 
 pytestmark = pytest.mark.kafka
@@ -91,6 +96,46 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(node_factory: NodeFactory
     assert not_json.status_code == 400 and "malformed JSON" in not_json.json()["detail"]
     huge = {"type": "customer_registered", "name": "A" * 5000, "email": "a@b.cd"}
     assert post(node, "c-1", huge).status_code == 413
+    misspelt = post(node, "c-1", {"type": "profile_updated", "nmae": "Bob"})
+    assert misspelt.status_code == 400 and "unknown field `nmae`" in misspelt.json()["detail"]
+
+
+def test_ids_breaking_the_rule_get_a_400_stating_it(node_factory: NodeFactory) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    event = {"type": "customer_registered", "name": "Ada", "email": "ada@example.com"}
+    internal = f"{node.internal_url}/internal/aggregates"
+    token = {"authorization": "Bearer test-internal-token"}
+    # httpx sends these escapes as they are: the raw path reaches the node unchanged.
+    for raw_id in ["%2E%2E", "a%00b", "a%0Ab", "a%FFb", "a%2Fb", "a/b"]:
+        posted = httpx.post(f"{node.url}/{PLURAL}/{raw_id}/events", json=event, timeout=10)
+        got = httpx.get(f"{node.url}/{PLURAL}/{raw_id}", timeout=10)
+        answers = [posted, got]
+        if "/" not in raw_id and "%2F" not in raw_id:
+            answers.append(httpx.get(f"{internal}/{raw_id}", headers=token, timeout=10))
+        for answer in answers:
+            assert answer.status_code == 400, (raw_id, answer.request.url, answer.text)
+            assert "not '.' or '..', with no '/'" in answer.json()["detail"]
+
+
+def test_the_openapi_document_describes_each_accepted_event(node_factory: NodeFactory) -> None:
+    node = node_factory().start()
+    node.wait_ready()
+    document = httpx.get(f"{node.url}/schema/openapi.json", timeout=10).json()
+    assert document["info"] == {"title": SERVICE.title, "version": __version__}
+    events = document["paths"]["/" + PLURAL + "/{aggregate_id}/events"]["post"]
+    union = events["requestBody"]["content"]["application/json"]["schema"]
+    assert union["discriminator"]["propertyName"] == "type"
+    accepted = {event_type_name(t) for t in DOMAIN.handlers.event_types}
+    assert set(union["discriminator"]["mapping"]) == accepted
+    schemas = document["components"]["schemas"]
+    for name, ref in union["discriminator"]["mapping"].items():
+        schema = schemas[ref.rsplit("/", 1)[1]]
+        assert schema["properties"]["type"] == {"enum": [name]}
+        assert schema["additionalProperties"] is False
+    page = httpx.get(f"{node.url}/schema", timeout=10)
+    assert page.status_code == 200 and html.escape(document["info"]["title"]) in page.text
+    assert "https://" not in page.text and "<script" not in page.text
 
 
 # The example domain's rules, restated here as the reference the service is checked against:

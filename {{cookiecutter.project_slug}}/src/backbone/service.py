@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
@@ -31,6 +33,16 @@ class Service(Generic[A]):
     partitions: int
     standby_replicas: int
     projection: Projection[A] | None = None  # None: no SQL read model
+    version: str | None = None  # None: the installed distribution's (named ``name``)
+
+    def release(self) -> str:
+        """The service's version, for the OpenAPI document: ``version`` or the installed one."""
+        if self.version is not None:
+            return self.version
+        try:
+            return installed_version(self.name)
+        except PackageNotFoundError:
+            return "0.0.0"
 
     def settings(self, env: Mapping[str, str] | None = None) -> EngineSettings:
         """The node's settings: the environment over this service's defaults."""

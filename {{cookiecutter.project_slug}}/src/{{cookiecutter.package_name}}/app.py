@@ -2,6 +2,7 @@
 
 from backbone import Service
 
+from {{ cookiecutter.package_name }} import __version__
 from {{ cookiecutter.package_name }}.domain import DOMAIN
 {%- if cookiecutter.include_read_model == "yes" %}
 from {{ cookiecutter.package_name }}.readmodel import PROJECTION
@@ -10,6 +11,7 @@ from {{ cookiecutter.package_name }}.readmodel import PROJECTION
 SERVICE = Service(
     name="{{ cookiecutter.project_slug }}",
     title="{{ cookiecutter.project_name }}",
+    version=__version__,  # of the OpenAPI document, with the title
     domain=DOMAIN,
     plural="{{ cookiecutter.aggregate_plural }}",
     partitions={{ cookiecutter.partitions }},

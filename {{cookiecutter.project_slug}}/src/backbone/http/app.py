@@ -7,9 +7,18 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Router
+from litestar.exceptions import NotFoundException
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from backbone.http.public import admin_routes, aggregate_routes, health_routes, read_model_routes
+from backbone.http.docs import openapi_config
+from backbone.http.public import (
+    admin_routes,
+    aggregate_routes,
+    events_path_format,
+    health_routes,
+    read_model_routes,
+    slash_in_id_handler,
+)
 from backbone.node.engine import Engine
 from backbone.observability import configure_logging, configure_tracing, log_refusals
 from backbone.settings import EngineSettings
@@ -61,6 +70,13 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # structlog, configured above, owns logging
         before_send=[log_refusals],  # 4xx answers, logged without secrets
+        openapi_config=openapi_config(
+            service.title,
+            service.release(),
+            engine.domain.handlers.event_types,
+            events_path_format(service.plural),
+        ),
+        exception_handlers={NotFoundException: slash_in_id_handler(service.plural)},
     )
     app.state.engine = engine
     return app

@@ -28,12 +28,14 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Stream
 from litestar.status_codes import (
     HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
     HTTP_409_CONFLICT,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import NotOwnedError
 from backbone.snapshot import stream_checkpoint
@@ -167,7 +169,12 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         "/internal/aggregates/{aggregate_id:str}",
         guards=[_token_guard(engine.settings.internal_token)],
     )
-    async def aggregate(aggregate_id: str) -> Response[bytes]:
+    async def aggregate(aggregate_id: str, scope: Scope) -> Response[bytes]:
+        try:
+            check_raw_path(scope.get("raw_path"))
+            check_id(aggregate_id)
+        except InvalidIdError as exc:
+            raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         try:
             found = engine.get_local(aggregate_id)
         except NotOwnedError as exc:

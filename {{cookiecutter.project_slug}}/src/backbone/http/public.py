@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_400_BAD_REQUEST,
@@ -17,28 +18,69 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.ids import ID_RULE, InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER, NotOwnedError
 from backbone.readmodel import QueryError, ReadModel
 
-MAX_ID_LENGTH = 256
+EVENTS_PATH = "/{aggregate_id:str}/events"
 
 
-def _check_id(aggregate_id: str) -> None:
-    if not aggregate_id.strip() or len(aggregate_id) > MAX_ID_LENGTH:
-        raise HTTPException(
-            status_code=HTTP_400_BAD_REQUEST,
-            detail=f"the id must be 1 to {MAX_ID_LENGTH} characters, not blank",
+def events_path_format(plural: str) -> str:
+    """The OpenAPI path of the events route, e.g. ``/customers/{aggregate_id}/events``."""
+    return "/" + plural + EVENTS_PATH.replace(":str", "")
+
+
+def valid_id(aggregate_id: str, request: Request[Any, Any, Any]) -> str:
+    """The id of the path if it follows :data:`backbone.ids.ID_RULE`, else a 400 stating it."""
+    try:
+        check_raw_path(request.scope.get("raw_path"))
+        return check_id(aggregate_id)
+    except InvalidIdError as exc:
+        raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+
+
+def slash_in_id_handler(
+    plural: str,
+) -> Callable[[Request[Any, Any, Any], NotFoundException], Response[Any]]:
+    """Answer 400 with the id rule, not a bare 404, when an id holds a ``/`` (or ``%2F``).
+
+    The router splits the path before any handler sees it, so such a request matches no
+    route; this handler of the router's 404 recognises the shape of an aggregate route.
+    """
+    prefix = f"/{plural}/"
+
+    def handle(request: Request[Any, Any, Any], exc: NotFoundException) -> Response[Any]:
+        path: str = request.scope["path"]
+        if "route_handler" not in request.scope and path.startswith(prefix):
+            rest = path[len(prefix) :]
+            if request.method == "POST" and rest.endswith("/events"):
+                rest = rest[: -len("/events")]
+            elif request.method != "GET":
+                rest = ""
+            if "/" in rest.strip("/"):
+                detail = f"the id contains '/': {ID_RULE}"
+                return Response(
+                    {"status_code": HTTP_400_BAD_REQUEST, "detail": detail},
+                    status_code=HTTP_400_BAD_REQUEST,
+                )
+        return Response(
+            {"status_code": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
+
+    return handle
 
 
 def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
     """``POST /<plural>/{id}/events`` and ``GET /<plural>/{id}``."""
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
 
-    @post("/{aggregate_id:str}/events", status_code=HTTP_202_ACCEPTED)
+    @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
     async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        _check_id(aggregate_id)
+        """Submit one event for the aggregate; it is applied asynchronously (202)."""
+        valid_id(aggregate_id, request)
         body = await request.body()
         try:
             event = engine.applier.events.decode(body)
@@ -56,7 +98,8 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
 
     @get("/{aggregate_id:str}")
     async def get_aggregate(aggregate_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
-        _check_id(aggregate_id)
+        """The aggregate's current state, from the node that owns it."""
+        valid_id(aggregate_id, request)
         try:
             aggregate = engine.get_local(aggregate_id)
         except NotOwnedError as exc:
