@@ -23,6 +23,7 @@ from backbone.ids import (
 )
 from backbone.node.engine import Engine
 from backbone.settings import EngineSettings
+from backbone.testing import TestDriver
 
 TOKEN = "t0ken"
 
@@ -149,3 +150,14 @@ def test_the_docs_page_loads_nothing_from_elsewhere(client: TestClient[Any]) -> 
     assert "https://" not in page.text and "<link" not in page.text
     for gone in ["/schema/swagger", "/schema/redoc", "/schema/elements", "/schema/rapidoc"]:
         assert client.get(gone).status_code == 404
+
+
+def test_records_from_kafka_whose_key_breaks_the_rule_are_dead_lettered() -> None:
+    with TestDriver(DOMAIN) as driver:
+        for key in [b"..", b"a/b", b"a\x00b", b"a\nb", b"\xffa"]:
+            driver.send_raw(key, b'{"type": "named", "name": "Bob"}')
+        driver.send_raw(b"t-1", b'{"type": "named", "name": "Ada"}')
+        assert [letter.reason for letter in driver.dead_letters] == ["invalid_key"] * 5
+        assert all(ID_RULE in letter.error for letter in driver.dead_letters[:4])
+        state = driver.get("t-1")
+        assert state is not None and state.name == "Ada"

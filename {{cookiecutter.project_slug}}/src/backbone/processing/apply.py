@@ -15,6 +15,7 @@ import msgspec
 
 from backbone.codec import ID_HEADER, NO_OFFSET, AggregateCodec, DecodeError, EventCodec
 from backbone.domain import Context, Domain, DomainError, event_type_name
+from backbone.ids import ID_RULE, id_problem
 from backbone.store import PartitionStore
 
 A = TypeVar("A", bound=msgspec.Struct)
@@ -113,6 +114,10 @@ class BatchApplier(Generic[A]):
                 aggregate_id = key.decode()
             except UnicodeDecodeError:
                 result.dead.append(DeadLetter(record, "invalid_key", "the key is not UTF-8 text"))
+                continue
+            problem = id_problem(aggregate_id)
+            if problem is not None:  # the HTTP API could never read it back
+                result.dead.append(DeadLetter(record, "invalid_key", f"{problem}: {ID_RULE}"))
                 continue
             ctx = Context(
                 aggregate_id, record.topic, record.partition, record.offset, record.timestamp
