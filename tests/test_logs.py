@@ -111,11 +111,6 @@ def test_a_traced_node_writes_one_json_object_per_line_with_the_logs_ids(
         assert line.get("trace_id") in span_traces, f"{status} logged without its trace id"
 
 
-@pytest.mark.xfail(
-    reason="the internal app (http/internal.py) does not yet register observability's "
-    "log_refusals before_send hook",
-    strict=False,
-)
 def test_a_refused_internal_token_is_logged_without_the_token(
     bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:

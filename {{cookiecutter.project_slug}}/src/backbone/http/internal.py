@@ -38,6 +38,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import NotOwnedError
+from backbone.observability import log_refusals
 from backbone.snapshot import stream_checkpoint
 from backbone.snapshot.bootstrap import COPY_HEADER, OFFSET_HEADER
 
@@ -199,4 +200,5 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         route_handlers=[checkpoint, aggregate, accept_loss],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
+        before_send=[log_refusals],
     )
