@@ -24,7 +24,7 @@ import msgspec
 
 # Example values from docs and compose files: a node that starts with one would hand every
 # customer's data to anyone who read the same example.
-PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "password"})
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme"})
 
 
 class SettingsError(ValueError):
@@ -292,7 +292,7 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _setting(
             "level of the structlog logs (library logs: `warning` and up, all at `debug`)",
-            choices=("debug", "info", "warning", "error", "critical"),
+            choices=("debug", "info", "warning", "warn", "error", "critical"),
         ),
     ] = "info"
 
