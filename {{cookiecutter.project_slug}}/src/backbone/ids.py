@@ -9,7 +9,7 @@ HTTP client unchanged: no ``/`` (a path separator, even as ``%2F``), not ``.`` o
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from urllib.parse import unquote_to_bytes
 
 MAX_ID_LENGTH = 256
@@ -18,6 +18,10 @@ ID_RULE = (
     f"an id is 1 to {MAX_ID_LENGTH} characters of UTF-8 text (percent-encoded in the URL), "
     "not blank, not '.' or '..', with no '/' (nor %2F) and no control characters"
 )
+
+
+# Unicode's control characters (category Cc): C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidIdError(ValueError):
@@ -34,9 +38,9 @@ def id_problem(aggregate_id: str) -> str | None:
         return f"the id is {aggregate_id!r}"
     if "/" in aggregate_id:
         return "the id contains '/'"
-    for char in aggregate_id:
-        if unicodedata.category(char) == "Cc":
-            return f"the id contains the control character U+{ord(char):04X}"
+    control = _CONTROL.search(aggregate_id)
+    if control is not None:
+        return f"the id contains the control character U+{ord(control[0]):04X}"
     return None
 
 

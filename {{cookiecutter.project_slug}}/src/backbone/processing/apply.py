@@ -81,6 +81,7 @@ class BatchApplier(Generic[A]):
         cache: dict[bytes, tuple[int, A | None]] = {}
         for key, raw in zip(keys, store.get_many(keys), strict=True):
             cache[key] = (NO_OFFSET, None) if raw is None else self.aggregates.decode(raw)
+        ids = {key: _aggregate_id(key) for key in keys}  # checked once per key and batch
         handlers = self.domain.handlers
         aggregate_type = self.domain.aggregate
         for record in records:
@@ -110,14 +111,9 @@ class BatchApplier(Generic[A]):
                     )
                 )
                 continue
-            try:
-                aggregate_id = key.decode()
-            except UnicodeDecodeError:
-                result.dead.append(DeadLetter(record, "invalid_key", "the key is not UTF-8 text"))
-                continue
-            problem = id_problem(aggregate_id)
+            aggregate_id, problem = ids[key]
             if problem is not None:  # the HTTP API could never read it back
-                result.dead.append(DeadLetter(record, "invalid_key", f"{problem}: {ID_RULE}"))
+                result.dead.append(DeadLetter(record, "invalid_key", problem))
                 continue
             ctx = Context(
                 aggregate_id, record.topic, record.partition, record.offset, record.timestamp
@@ -156,6 +152,16 @@ class BatchApplier(Generic[A]):
             if aggregate is not None:
                 result.dirty[key] = self.aggregates.encode(offset, aggregate)
         return result
+
+
+def _aggregate_id(key: bytes) -> tuple[str, str | None]:
+    """The id a key names, and what is wrong with it (None when nothing is)."""
+    try:
+        aggregate_id = key.decode()
+    except UnicodeDecodeError:
+        return "", "the key is not UTF-8 text"
+    problem = id_problem(aggregate_id)
+    return aggregate_id, None if problem is None else f"{problem}: {ID_RULE}"
 
 
 def dead_letter_headers(letter: DeadLetter, now_ms: int | None = None) -> list[tuple[str, bytes]]:
