@@ -47,12 +47,17 @@ async def bootstrap_offline(
         limits = Limits.from_settings(settings)
         if deadline_s is not None:
             limits = Limits(deadline_s, limits.min_bytes_per_s, limits.stall_window_s)
+
+        async def current_end(_: int) -> int:
+            return int((await consumer.end_offsets([tp]))[tp])
+
         bootstrapper = Bootstrapper(
             peers,
             client_tls(settings),
             settings.internal_token,
             settings.data_dir / "incoming",
             limits,
+            changelog_end=current_end,
         )
         return await bootstrapper.bootstrap(partition, stores.path(partition), begin, end)
     finally:

@@ -129,6 +129,9 @@ class ChangelogReader:
         end = (await self._lookup.end_offsets([tp]))[tp]
         return begin, end
 
+    async def end_offset(self, partition: int) -> int:
+        return (await self.bounds(partition))[1]
+
     async def end_offsets(self, partitions: set[int]) -> dict[int, int]:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await self._lookup.end_offsets(tps) if tps else {}

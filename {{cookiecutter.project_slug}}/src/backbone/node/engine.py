@@ -113,6 +113,7 @@ class Engine(Generic[A]):
             s.internal_token,
             s.data_dir / "incoming",
             Limits.from_settings(s),
+            changelog_end=clients.reader.end_offset,
         )
         ports = NodePorts(
             self.stores,

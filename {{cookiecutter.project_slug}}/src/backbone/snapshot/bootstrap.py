@@ -18,7 +18,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
 from pathlib import Path
@@ -186,12 +186,16 @@ class Bootstrapper:
         token: str,
         staging_root: Path,
         limits: Limits = Limits(),
+        changelog_end: Callable[[int], Awaitable[int]] | None = None,
     ) -> None:
         self.peers = peers
         self.tls = tls
         self.token = token
         self.staging_root = staging_root
         self.limits = limits
+        # The changelog grows while a bootstrap waits: a checkpoint is checked against its
+        # end as of the checkpoint's answer, not as of the bootstrap's start.
+        self.changelog_end = changelog_end
         self.progress: dict[int, BootstrapProgress] = {}
         self._last_report = 0.0
 
@@ -322,6 +326,8 @@ class Bootstrapper:
             offset = int(raw)
         except ValueError:
             raise SourceError(f"{OFFSET_HEADER} is {raw[:40]!r}, not an offset") from None
+        if self.changelog_end is not None:
+            end = max(end, await self.changelog_end(partition))
         if offset < begin:
             # Records between the checkpoint and the changelog's start are gone: installing
             # it would leave the store without them, with no way to catch up.
