@@ -33,6 +33,7 @@ class FakePorts:
         self.bootstrap_min_lag = 100
         self.bounds = (0, 0)
         self.events_first = 0
+        self.history_in_input = True
         self.committed_offset = 0
         self.copies: list[str] = []  # per bootstrap call: "ok", "none", "exists", "fail"
         self.copy_offset = 0  # the changelog offset a peer's copy holds
@@ -295,6 +296,27 @@ def test_no_copy_with_the_whole_input_rebuilds_at_once(tmp_path: Path) -> None:
 
     ports = run(tmp_path, scenario)
     assert ports.active == {P: (0, 44)}
+
+
+def test_after_a_repartitioning_no_copy_waits_for_one_though_the_input_starts_at_0(
+    tmp_path: Path,
+) -> None:
+    """A new generation's input holds only what came after its base: rebuilding from it
+    would drop every aggregate the derived copies hold."""
+
+    async def scenario(ports: FakePorts) -> None:
+        ports.bounds = (1, 1)
+        ports.events_first = 0
+        ports.history_in_input = False
+        part = Partition(P, Role.ACTIVE, ports)
+        part.start()
+        await until(lambda: part.state is State.INCOMPLETE, "incomplete")
+        ports.copies = ["ok"]
+        ports.copy_offset = 1
+        await until(lambda: part.state is State.ACTIVE, "active from the copy")
+
+    ports = run(tmp_path, scenario)
+    assert ("restore", True) not in ports.calls and not ports.named("commit")
 
 
 def test_a_standby_with_a_gap_and_no_copy_waits_then_tails_a_copy(tmp_path: Path) -> None:

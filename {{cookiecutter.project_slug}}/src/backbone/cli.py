@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
 
-from backbone.admin import dlq
+from backbone.admin import dlq, repartition
 from backbone.admin.bootstrap import bootstrap_offline
 from backbone.admin.loss import AdminError, accept_loss
+from backbone.admin.repartition import RepartitionError
 from backbone.observability import configure_logging
 from backbone.settings import SettingsError
 from backbone.snapshot.bootstrap import NoSourceError
@@ -76,10 +78,36 @@ def _dlq_replay(service: Service[Any], args: argparse.Namespace) -> int:
             f" reason={headers.get('dlq-reason')} error={headers.get('dlq-error')}"
         )
 
-    topics = Topics(settings.service, settings.store)
-    report = asyncio.run(dlq.replay(settings.brokers, topics, selection, args.dry_run, show))
+    async def replay() -> dlq.ReplayReport:
+        generation = await repartition.current_generation(settings)
+        topics = Topics(settings.service, settings.store, generation.number)
+        return await dlq.replay(settings.brokers, topics, selection, args.dry_run, show)
+
+    report = asyncio.run(replay())
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {len(report.replayed)} of {report.scanned} dead letters")
+    return 0
+
+
+def _repartition(service: Service[Any], args: argparse.Namespace) -> int:
+    settings = service.settings()
+    configure_logging(settings.log_level)
+
+    def show(view: dict[str, Any]) -> None:
+        print(json.dumps(view, sort_keys=True), flush=True)
+
+    if args.status:
+        view = asyncio.run(repartition.status(settings))
+    elif args.retire:
+        view = asyncio.run(repartition.retire(settings))
+    elif args.abort:
+        view = asyncio.run(repartition.abort(settings))
+    elif args.partitions is None:
+        raise ValueError("give --partitions N, or one of --status, --retire, --abort")
+    else:
+        wait = None if args.no_wait else float(args.timeout)
+        view = asyncio.run(repartition.request(settings, args.partitions, wait, show))
+    show(view)
     return 0
 
 
@@ -126,6 +154,24 @@ def parser(service: Service[Any]) -> argparse.ArgumentParser:
     loss.add_argument("--partition", type=int, required=True, help="the incomplete partition")
     loss.add_argument("--node", metavar="URL", help="internal URL of its node (default: owner)")
     loss.set_defaults(func=_accept_loss)
+    change = commands.add_parser(
+        "repartition",
+        help="change a live service's partition count (k·N or N/k), with its state",
+    )
+    what = change.add_mutually_exclusive_group()
+    what.add_argument("--partitions", type=int, metavar="M", help="the new partition count")
+    what.add_argument("--status", action="store_true", help="show the change under way")
+    what.add_argument(
+        "--retire",
+        action="store_true",
+        help="delete the previous generation's topics and stores now",
+    )
+    what.add_argument("--abort", action="store_true", help="abort a change before its barrier")
+    change.add_argument("--no-wait", action="store_true", help="ask, do not follow")
+    change.add_argument(
+        "--timeout", type=float, default=600, help="follow for this long (default 600 s)"
+    )
+    change.set_defaults(func=_repartition)
     return root
 
 
@@ -140,6 +186,7 @@ def main(service: Service[Any], argv: list[str] | None = None) -> int:
         NoSourceError,
         StoreLockedError,
         AdminError,
+        RepartitionError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

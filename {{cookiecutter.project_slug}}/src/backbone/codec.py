@@ -4,6 +4,11 @@ Events are JSON (readable by other systems); their type and schema version also 
 record headers so that old shapes can be upcast. Aggregates are msgpack, prefixed by the
 input offset of the last event applied to them: the aggregate's fence, below which
 input records are skipped as already applied, so a record read again is never applied twice.
+
+After a repartitioning an aggregate has two fences: the offset in its new partition, and
+the offset in its old partition of the last late record (one a producer still sent to the
+old topic, forwarded to the new one). Offsets of different partitions are not comparable,
+so each source has its own fence (docs/decisions/0016-repartitioning.md).
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ Headers = Sequence[tuple[str, bytes]]
 TYPE_HEADER = "event-type"
 VERSION_HEADER = "schema-version"
 ID_HEADER = "event-id"
+# On a late record forwarded from the previous generation's topic: "<partition>/<offset>" there.
+LATE_HEADER = "late-from"
 
 _OFFSET = struct.Struct(">q")
+_FENCES = struct.Struct(">qq")
 NO_OFFSET = -1
+# First byte of a value with two fences. A one-fence value starts with the high byte of a
+# big-endian offset, 0x00 (offset >= 0) or 0xFF (NO_OFFSET), never 0x01.
+TWO_FENCES = 1
 
 
 class DecodeError(ValueError):
@@ -102,18 +113,41 @@ class EventCodec:
 
 
 class AggregateCodec(Generic[A]):
-    """Stored value = 8-byte input offset of the last applied event + msgpack aggregate."""
+    """Stored value = 8-byte input offset of the last applied event + msgpack aggregate, or
+    ``TWO_FENCES`` + that offset + the late fence + msgpack aggregate."""
 
     def __init__(self, aggregate: type[A]) -> None:
         self._decoder = msgspec.msgpack.Decoder(aggregate)
         self._encoder = msgspec.msgpack.Encoder()
         self._json = msgspec.json.Encoder()
 
-    def encode(self, offset: int, aggregate: A) -> bytes:
-        return _OFFSET.pack(offset) + self._encoder.encode(aggregate)
+    def encode(self, offset: int, aggregate: A, late: int = NO_OFFSET) -> bytes:
+        if late == NO_OFFSET:
+            return _OFFSET.pack(offset) + self._encoder.encode(aggregate)
+        return bytes((TWO_FENCES,)) + _FENCES.pack(offset, late) + self._encoder.encode(aggregate)
 
     def decode(self, value: bytes) -> tuple[int, A]:
-        return _OFFSET.unpack_from(value)[0], self._decoder.decode(memoryview(value)[8:])
+        offset, _, aggregate = self.decode_fenced(value)
+        return offset, aggregate
+
+    def decode_fenced(self, value: bytes) -> tuple[int, int, A]:
+        """(fence, late fence, aggregate)."""
+        if value[0] == TWO_FENCES:
+            offset, late = _FENCES.unpack_from(value, 1)
+            return offset, late, self._decoder.decode(memoryview(value)[17:])
+        return _OFFSET.unpack_from(value)[0], NO_OFFSET, self._decoder.decode(memoryview(value)[8:])
 
     def to_json(self, aggregate: A) -> bytes:
         return self._json.encode(aggregate)
+
+
+def rebase_fence(value: bytes) -> bytes:
+    """The value for a new generation's store: its input topic starts again at offset 0, so
+    the fence starts over, and the old fence becomes the late fence of the old partition."""
+    if value[0] == TWO_FENCES:
+        offset = _OFFSET.unpack_from(value, 1)[0]
+        payload = memoryview(value)[17:]
+    else:
+        offset = _OFFSET.unpack_from(value)[0]
+        payload = memoryview(value)[8:]
+    return bytes((TWO_FENCES,)) + _FENCES.pack(NO_OFFSET, offset) + bytes(payload)

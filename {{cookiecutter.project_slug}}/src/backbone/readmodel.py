@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.dialects import postgresql, sqlite
 
 from backbone.changelog.epochs import EpochFilter, KeyedRecord
+from backbone.changelog.sources import ChangelogSource
 from backbone.codec import AggregateCodec
 
 A = TypeVar("A", bound=msgspec.Struct)
@@ -173,16 +174,20 @@ class ReadModel(Generic[A]):
 
 
 class Projector(Generic[A]):
-    """Tails every partition of the changelog into the read model."""
+    """Tails every partition of the changelog into the read model. ``sources()`` names the
+    changelogs of the generations in force, oldest first: after a repartitioning the
+    previous one is read to its end before the next, so no older value overwrites a newer."""
 
-    def __init__(self, brokers: str, topic: str, partitions: int, model: ReadModel[A]) -> None:
-        self.topic = topic
-        self.partitions = partitions
+    def __init__(
+        self, brokers: str, sources: Callable[[], list[ChangelogSource]], model: ReadModel[A]
+    ) -> None:
+        self.sources = sources
         self.model = model
         self.brokers = brokers
         self.rows = 0
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._source: ChangelogSource | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -192,33 +197,63 @@ class Projector(Generic[A]):
             auto_offset_reset="earliest",
         )
         await self._consumer.start()
-        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        self._consumer.assign(tps)
-        stored = await asyncio.to_thread(self.model.next_offsets, self.topic)
-        begins = await self._consumer.beginning_offsets(tps)
-        gaps = sorted(tp.partition for tp in tps if stored.get(tp.partition, 0) < begins[tp])
+        *older, current = self.sources()
+        for source in older:
+            if source.topic in await self._consumer.topics():
+                await self._assign(self._consumer, source)
+                await self._finish(self._consumer, source)
+        await self._assign(self._consumer, current)
+        self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
+
+    async def _assign(self, consumer: AIOKafkaConsumer, source: ChangelogSource) -> None:
+        self._source = source
+        tps = [TopicPartition(source.topic, p) for p in range(source.partitions)]
+        consumer.assign(tps)
+        stored = await asyncio.to_thread(self.model.next_offsets, source.topic)
+        begins = await consumer.beginning_offsets(tps)
+        gaps = sorted(
+            tp.partition
+            for tp in tps
+            if max(stored.get(tp.partition, 0), source.first_offset) < begins[tp]
+        )
         if gaps:
             # Retention deleted changelog records this read model never saw: aggregates not
             # changed since then are missing until they change again.
             log.error(
                 "read_model_incomplete",
+                topic=source.topic,
                 partitions=gaps,
                 remedy="use a shared READ_MODEL_URL that outlives nodes, or keep the changelog "
                 "complete (CHANGELOG_RETENTION_MS=-1) where every node projects into SQLite",
             )
         for tp in tps:
             if tp.partition in stored:
-                self._consumer.seek(tp, max(stored[tp.partition], begins[tp]))
-        self._task = asyncio.create_task(self._run(self._consumer), name="read-model")
+                consumer.seek(tp, max(stored[tp.partition], begins[tp]))
+
+    async def _finish(self, consumer: AIOKafkaConsumer, source: ChangelogSource) -> None:
+        """Project ``source`` up to its current end (it no longer grows)."""
+        tps = [TopicPartition(source.topic, p) for p in range(source.partitions)]
+        ends = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            await self._project(source, await consumer.getmany(timeout_ms=500, max_records=5_000))
+        log.info("read_model_generation_done", topic=source.topic)
+
+    async def _project(self, source: ChangelogSource, batches: dict[TopicPartition, Any]) -> None:
+        for tp, records in batches.items():
+            if records:
+                self.rows += await asyncio.to_thread(
+                    self.model.apply, source.topic, tp.partition, records
+                )
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
+            current = self.sources()[-1]
+            if self._source is not None and current.topic != self._source.topic:
+                await self._finish(consumer, self._source)
+                await self._assign(consumer, current)
+            assert self._source is not None
             batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
-            for tp, records in batches.items():
-                if records:
-                    self.rows += await asyncio.to_thread(
-                        self.model.apply, self.topic, tp.partition, records
-                    )
+            await self._project(self._source, batches)
 
     async def stop(self) -> None:
         if self._task is not None:

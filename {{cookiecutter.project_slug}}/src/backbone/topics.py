@@ -6,26 +6,32 @@ import contextlib
 from dataclasses import dataclass
 
 import structlog
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import InvalidPartitionsError, TopicAlreadyExistsError
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Topics:
+    """Names of a service's topics. The input, the changelog and the consumer group belong
+    to a generation (a partition count, see backbone.repartition); the first has no suffix."""
+
     service: str
     store: str
     generation: int = 0
 
     @property
+    def _suffix(self) -> str:
+        return "" if self.generation == 0 else f"-g{self.generation}"
+
+    @property
     def events(self) -> str:
-        return f"{self.service}.events"
+        return f"{self.service}.events{self._suffix}"
 
     @property
     def changelog(self) -> str:
-        suffix = "" if self.generation == 0 else f"-g{self.generation}"
-        return f"{self.service}.{self.store}-changelog{suffix}"
+        return f"{self.service}.{self.store}-changelog{self._suffix}"
 
     @property
     def dlq(self) -> str:
@@ -37,7 +43,15 @@ class Topics:
 
     @property
     def group(self) -> str:
-        return self.service
+        return f"{self.service}{self._suffix}"
+
+    @property
+    def late_group(self) -> str:
+        """The group that forwards late records of this generation's input to the next."""
+        return f"{self.service}{self._suffix}-late"
+
+    def of(self, generation: int) -> Topics:
+        return Topics(self.service, self.store, generation)
 
 
 def changelog_config(retention_ms: int, retention_bytes: int, segment_ms: int) -> dict[str, str]:
@@ -59,7 +73,9 @@ async def ensure_topics(
     replication: int,
     changelog_config: dict[str, str],
 ) -> None:
-    """Create missing topics; refuse to run when an existing one has another partition count."""
+    """Create missing topics; refuse to run when an input or changelog has another
+    partition count. The dead-letter topic grows to ``partitions`` (its records keep their
+    input's partition); the output topic is keyed and left as it is."""
     wanted = {
         topics.events: {},
         topics.changelog: changelog_config,
@@ -79,8 +95,17 @@ async def ensure_topics(
     described = await admin.describe_topics(list(wanted))
     for topic in described:
         count = len(topic.get("partitions", []))
-        if count and count != partitions:
+        if topic["topic"] == topics.dlq and 0 < count < partitions:
+            with contextlib.suppress(InvalidPartitionsError):  # another node grew it first
+                await admin.create_partitions({topics.dlq: NewPartitions(partitions)})
+        elif topic["topic"] in (topics.events, topics.changelog) and count and count != partitions:
+            hint = (
+                "set PARTITIONS to the topic's count"
+                if topics.generation == 0
+                else "the control log and the topics disagree: see the repartitioning runbook"
+            )
             raise RuntimeError(
-                f"topic {topic['topic']} has {count} partitions but PARTITIONS={partitions}: "
-                "set PARTITIONS to the topic's count, or repartition the service"
+                f"topic {topic['topic']} has {count} partitions but generation "
+                f"{topics.generation} has {partitions}: {hint}, or repartition the service "
+                "with `repartition --partitions N`"
             )

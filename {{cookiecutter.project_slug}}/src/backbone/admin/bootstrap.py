@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from backbone.admin.repartition import current_generation
 from backbone.node.peers import GroupPeers
 from backbone.node.routing import RoutingTable
 from backbone.node.tls import client_tls
@@ -25,12 +26,14 @@ async def bootstrap_offline(
     """``<service> bootstrap``: replace a stopped node's store of ``partition`` by a peer's
     checkpoint; the node tails the changelog from there when it starts. A store that
     RocksDB cannot open is quarantined first."""
-    if not 0 <= partition < settings.partitions:
-        raise ValueError(f"partition {partition} does not exist: use 0..{settings.partitions - 1}")
-    stores = StoreRegistry(settings.data_dir, settings.store)
+    generation = await current_generation(settings)
+    count = generation.partitions
+    if not 0 <= partition < count:
+        raise ValueError(f"partition {partition} does not exist: use 0..{count - 1}")
+    stores = StoreRegistry(settings.data_dir, settings.store, generation.number)
     stores.open(partition)  # StoreLockedError while the node runs: it must be stopped first
     stores.close(partition)
-    topics = Topics(settings.service, settings.store)
+    topics = Topics(settings.service, settings.store, generation.number)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers)
     routing = RoutingTable(settings.brokers, topics.group)
     await consumer.start()
@@ -58,6 +61,7 @@ async def bootstrap_offline(
             settings.data_dir / "incoming",
             limits,
             changelog_end=current_end,
+            generation=generation.number,
         )
         return await bootstrapper.bootstrap(partition, stores.path(partition), begin, end)
     finally:

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from backbone.admin.repartition import current_generation
 from backbone.node.routing import RoutingTable
 from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
@@ -21,10 +22,14 @@ async def accept_loss(
 ) -> dict[str, Any]:
     """Tell the node that owns ``partition`` (or ``node_url``, its internal URL) that the
     partition's deleted history is accepted as lost, so it rebuilds from what is left."""
-    if not 0 <= partition < settings.partitions:
-        raise ValueError(f"partition {partition} does not exist: use 0..{settings.partitions - 1}")
+    generation = await current_generation(settings)
+    count = generation.partitions
+    if not 0 <= partition < count:
+        raise ValueError(f"partition {partition} does not exist: use 0..{count - 1}")
     if node_url is None:
-        routing = RoutingTable(settings.brokers, Topics(settings.service, "").group)
+        routing = RoutingTable(
+            settings.brokers, Topics(settings.service, "", generation.number).group
+        )
         await routing.start()
         try:
             await routing.refresh()

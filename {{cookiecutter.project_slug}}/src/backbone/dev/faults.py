@@ -10,8 +10,12 @@ command line (``<package>.cli.main``) with the processor's publishing of a batch
 - ``FAULT_DELAY_MS``: a pause after Kafka acked them and before the store write: a wider
   window for a SIGKILL to land between the changelog and the store.
 
-Both default to 0 (no pause). ``backbone.dev.cluster.NodeProcess(..., faults=...)`` starts
-a node this way.
+- ``FAULT_KILL_AT``: the name of a repartitioning step
+  (``backbone.repartition.faults.POINTS``) at which the node SIGKILLs itself, logged as
+  ``fault_kill`` first.
+
+The pauses default to 0 (none), the kill to none.
+``backbone.dev.cluster.NodeProcess(..., faults=...)`` starts a node this way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Mapping
 
@@ -27,10 +32,11 @@ import structlog
 from backbone.changelog.writer import Sent
 from backbone.processing.apply import BatchResult
 from backbone.processing.processor import Processor
+from backbone.repartition import faults
 
 log = structlog.get_logger(__name__)
 
-VARIABLES = ("FAULT_STALL_MS", "FAULT_DELAY_MS")
+VARIABLES = ("FAULT_STALL_MS", "FAULT_DELAY_MS", "FAULT_KILL_AT")
 
 
 def _ms(env: Mapping[str, str], name: str) -> int:
@@ -60,6 +66,19 @@ def install(stall_ms: int = 0, delay_ms: int = 0) -> None:
     Processor._publish_all = _publish_all  # type: ignore[method-assign]
 
 
+def kill_at(point: str) -> None:
+    """SIGKILL this process when the repartitioning reaches ``point``."""
+    if point not in faults.POINTS:
+        raise SystemExit(f"error: FAULT_KILL_AT={point!r} is not one of {', '.join(faults.POINTS)}")
+
+    def hook(name: str) -> None:
+        if name == point:
+            log.warning("fault_kill", point=name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.hook = hook
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:
@@ -67,6 +86,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 2
     source = os.environ if env is None else env
     install(_ms(source, "FAULT_STALL_MS"), _ms(source, "FAULT_DELAY_MS"))
+    if source.get("FAULT_KILL_AT"):
+        kill_at(source["FAULT_KILL_AT"])
     cli = importlib.import_module(f"{args[0]}.cli")
     code: int = cli.main(args[1:])
     return code

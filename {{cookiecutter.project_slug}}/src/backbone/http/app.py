@@ -39,14 +39,17 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
     services: list[Any] = []
     # READ_MODEL=off leaves projection to other processes (e.g. one writer for PostgreSQL).
     if service.projection is not None and settings.read_model:
+        from backbone.changelog.sources import ChangelogSource
         from backbone.readmodel import Projector, ReadModel
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.read_model_url or f"sqlite:///{settings.data_dir / 'readmodel.db'}"
         model = ReadModel(url, service.projection, service.domain.aggregate)
-        services.append(
-            Projector(settings.brokers, engine.topics.changelog, settings.partitions, model)
-        )
+
+        def sources() -> list[ChangelogSource]:
+            return engine.generations.changelog_sources(engine.topics, engine.generation)
+
+        services.append(Projector(settings.brokers, sources, model))
         route_handlers.append(read_model_routes(model, service.plural))
 
     @asynccontextmanager

@@ -105,7 +105,13 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         guards=[_token_guard(engine.settings.internal_token)],
         middleware=[_send_deadline(engine.settings.checkpoint_send_timeout_s)],
     )
-    async def checkpoint(partition: int, scope: Scope) -> Stream:
+    async def checkpoint(partition: int, scope: Scope, generation: int = 0) -> Stream:
+        if generation != engine.generation.number:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"this node is at generation {engine.generation.number}, not {generation}: "
+                "the partition count is changing, retry shortly",
+            )
         store = engine.held_store(partition)
         if store is None:
             usable = await engine.holds_usable_copy(partition)
@@ -196,8 +202,13 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         except LookupError as exc:
             raise HTTPException(status_code=HTTP_409_CONFLICT, detail=str(exc)) from exc
 
+    @get("/internal/repartition", guards=[_token_guard(engine.settings.internal_token)])
+    async def repartition() -> dict[str, Any]:
+        """The generation in force, the change under way: its step, progress and blocks."""
+        return engine.repartition_status()
+
     return Litestar(
-        route_handlers=[checkpoint, aggregate, accept_loss],
+        route_handlers=[checkpoint, aggregate, accept_loss, repartition],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
         before_send=[log_refusals],

@@ -22,6 +22,7 @@ from backbone.ids import ID_RULE, InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER, NotOwnedError
 from backbone.readmodel import QueryError, ReadModel
+from backbone.repartition.gate import RETRY_AFTER_S, WritesPausedError
 
 EVENTS_PATH = "/{aggregate_id:str}/events"
 
@@ -73,6 +74,10 @@ def slash_in_id_handler(
     return handle
 
 
+# A 503 of the aggregate routes is brief (a rebalance, a paused write): say when to retry.
+RETRY = {"retry-after": str(RETRY_AFTER_S)}
+
+
 def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
     """``POST /<plural>/{id}/events`` and ``GET /<plural>/{id}``."""
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
@@ -93,7 +98,12 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
                 detail=f"{name!r} is emitted by the service and cannot be submitted; "
                 f"accepted types: {', '.join(sorted(handled))}",
             )
-        partition, offset = await engine.submit(aggregate_id, event)
+        try:
+            partition, offset = await engine.submit(aggregate_id, event)
+        except WritesPausedError as exc:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
+            ) from exc
         return {"id": aggregate_id, "type": name, "partition": partition, "offset": offset}
 
     @get("/{aggregate_id:str}")
@@ -106,13 +116,14 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
             if request.headers.get(FORWARDED_HEADER):
                 # One hop only: the sender's routes are stale, let it retry.
                 raise HTTPException(
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
                 ) from exc
             forwarded = await engine.forward_get(aggregate_id)
             if forwarded is None:
                 raise HTTPException(
                     status_code=HTTP_503_SERVICE_UNAVAILABLE,
                     detail=f"{exc}, and no other node is known to own it yet: retry shortly",
+                    headers=RETRY,
                 ) from exc
             status, body = forwarded
             return Response(body, status_code=status, media_type="application/json")

@@ -25,8 +25,23 @@ class Clients:
     http: httpx.AsyncClient
 
 
+def make_producer(settings: EngineSettings) -> AIOKafkaProducer:
+    """The node's producer: it outlives a generation, so that writes go on while the
+    partition count changes."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.brokers,
+        client_id=f"{settings.service}-{settings.node_id}",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+
+
 def kafka_clients(
     settings: EngineSettings,
+    producer: AIOKafkaProducer,
     topics: Topics,
     assignor: BackboneAssignor,
     on_gap: Callable[[int], None],
@@ -34,15 +49,6 @@ def kafka_clients(
     """Call inside the running event loop: aiokafka binds its clients to it."""
     client_id = f"{settings.service}-{settings.node_id}"
     tls = client_tls(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.brokers,
-        client_id=client_id,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.brokers,
         client_id=client_id,

@@ -3,6 +3,10 @@
 Every part is handed what it needs: the Kafka clients (``node.clients``), the processor
 and the changelog writer, the partition lifecycle's ports, the queries. The parts report
 to the partitions they concern (a gap, a supersession, a rebalance), never back up here.
+
+The parts belong to one generation (a partition count, ``backbone.repartition``); when
+the control log says the count changed, the node stops them and starts the next
+generation's. The producer, the write gate and the control log outlive generations.
 """
 
 from __future__ import annotations
@@ -14,23 +18,27 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 import structlog
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
-from backbone.node.clients import Clients, kafka_clients
+from backbone.node.clients import Clients, kafka_clients, make_producer
+from backbone.node.generations import NodeGenerations
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
 from backbone.node.peers import GroupPeers
 from backbone.node.ports import NodePorts
-from backbone.node.queries import NotOwnedError, Queries
+from backbone.node.queries import NotOwnedError, Queries, submit_event
 from backbone.node.status import assignment_view, node_status
 from backbone.node.tls import client_tls
 from backbone.processing.apply import BatchApplier
 from backbone.processing.processor import Processor
+from backbone.repartition.coordinator import Coordinator
+from backbone.repartition.gate import Target, WriteGate
+from backbone.repartition.plan import Generation
 from backbone.settings import EngineSettings
 from backbone.snapshot.bootstrap import Bootstrapper, Limits
 from backbone.store import PartitionStore
@@ -70,13 +78,35 @@ class Engine(Generic[A]):
     def __init__(self, settings: EngineSettings, domain: Domain[A]) -> None:
         self.settings = settings
         self.domain = domain
-        self.topics = Topics(settings.service, settings.store)
         self.applier: BatchApplier[A] = BatchApplier(domain)
+        self.generation = Generation(0, settings.partitions)
+        self.topics = Topics(settings.service, settings.store)
         self.stores = StoreRegistry(settings.data_dir, settings.store)
-        self.parts: Parts[A] | None = None  # None until started
+        self.generations = NodeGenerations(settings)
+        self.parts: Parts[A] | None = None  # None until started, and during a switch
         self.failure: str | None = None
         self._joined = False
         self._processing: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._coordinator: Coordinator | None = None
+        self._switching = asyncio.Lock()
+        self._processed_before = 0  # by earlier generations' processors
+
+    @property
+    def gate(self) -> WriteGate:
+        return self.generations.gate
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the engine has not started")
+        return self._producer
+
+    def _use(self, generation: Generation) -> None:
+        s = self.settings
+        self.generation = generation
+        self.topics = Topics(s.service, s.store, generation.number)
+        self.stores = StoreRegistry(s.data_dir, s.store, generation.number)
 
     def _compose(self) -> Parts[A]:
         s = self.settings
@@ -94,7 +124,7 @@ class Engine(Generic[A]):
             local_state=local_state,
             acceptable_lag=s.acceptable_lag,
         )
-        clients = kafka_clients(s, self.topics, assignor, on_gap=lambda _: None)
+        clients = kafka_clients(s, self.producer, self.topics, assignor, on_gap=lambda _: None)
         writer = ChangelogWriter(
             clients.producer, self.topics.changelog, clients.reader, on_superseded=lambda _: None
         )
@@ -114,6 +144,7 @@ class Engine(Generic[A]):
             s.data_dir / "incoming",
             Limits.from_settings(s),
             changelog_end=clients.reader.end_offset,
+            generation=self.generation.number,
         )
         ports = NodePorts(
             self.stores,
@@ -123,17 +154,16 @@ class Engine(Generic[A]):
             clients.reader,
             bootstrapper,
             processor,
+            history_in_input=self.generation.number == 0,
         )
-        partitions = PartitionSet(ports, s.partitions)
+        partitions = PartitionSet(ports, self.generation.partitions)
         # Gaps and supersessions go straight to the partition they concern.
         clients.reader.on_gap = partitions.changelog_gap
         writer.on_superseded = partitions.superseded
         queries = Queries(
             self.applier,
             partitions,
-            s.partitions,
-            self.topics.events,
-            clients.producer,
+            self.generation.partitions,
             clients.routing,
             clients.http,
             s.node_id,
@@ -143,15 +173,43 @@ class Engine(Generic[A]):
         return Parts(clients, assignor, processor, bootstrapper, partitions, queries)
 
     async def start(self) -> None:
-        parts = self.parts = self._compose()
-        register_metrics(parts)
+        s = self.settings
+        producer = self._producer = make_producer(s)
+        await producer.start()
+        self._use(await self.generations.start(producer))
+        self.gate.resume(Target(self.topics.events, self.generation.partitions))
+        for leftover in ("incoming", "checkpoints"):
+            # Half-received or half-served checkpoints of a process that was killed.
+            shutil.rmtree(s.data_dir / leftover, ignore_errors=True)
+        await self._start_parts()
+        register_metrics(self)
+        assert self.generations.control is not None
+        self._coordinator = Coordinator(self, self.generations.control)
+        self._coordinator.start()
+        if not s.internal_token:
+            log.warning(
+                "internal_token_missing",
+                detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
+                "and queries for partitions owned elsewhere cannot be forwarded",
+            )
+        log.info(
+            "engine_started",
+            service=s.service,
+            node=s.node_id,
+            zone=s.zone,
+            partitions=self.generation.partitions,
+            generation=self.generation.number,
+        )
+
+    async def _start_parts(self) -> None:
+        parts = self._compose()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.brokers)
         await admin.start()
         try:
             await ensure_topics(
                 admin,
                 self.topics,
-                self.settings.partitions,
+                self.generation.partitions,
                 self.settings.replication_factor,
                 changelog_config(
                     self.settings.changelog_retention_ms,
@@ -161,30 +219,15 @@ class Engine(Generic[A]):
             )
         finally:
             await admin.close()
-        for leftover in ("incoming", "checkpoints"):
-            # Half-received or half-served checkpoints of a process that was killed.
-            shutil.rmtree(self.settings.data_dir / leftover, ignore_errors=True)
         parts.partitions.scan_disk()
         clients = parts.clients
-        await clients.producer.start()
         await clients.reader.start()
         await clients.routing.start()
         await clients.consumer.start()
         clients.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
+        self._joined = False
+        self.parts = parts
         self._processing = asyncio.create_task(self._process(parts), name="processor")
-        if not self.settings.internal_token:
-            log.warning(
-                "internal_token_missing",
-                detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
-                "and queries for partitions owned elsewhere cannot be forwarded",
-            )
-        log.info(
-            "engine_started",
-            service=self.settings.service,
-            node=self.settings.node_id,
-            zone=self.settings.zone,
-            partitions=self.settings.partitions,
-        )
 
     async def _process(self, parts: Parts[A]) -> None:
         try:
@@ -197,6 +240,15 @@ class Engine(Generic[A]):
             raise
 
     async def stop(self) -> None:
+        if self._coordinator is not None:
+            await self._coordinator.stop()
+        await self.generations.stop()
+        await self._stop_parts()
+        if self._producer is not None:
+            await self._producer.stop()
+        log.info("engine_stopped")
+
+    async def _stop_parts(self) -> None:
         parts = self.parts
         if parts is None:
             return
@@ -209,12 +261,39 @@ class Engine(Generic[A]):
             parts.partitions.close_all()
             await asyncio.gather(*(p.wait() for p in held))
             await clients.consumer.stop()
+        self.parts = None
+        self._processed_before += parts.processor.processed
         await clients.reader.stop()
         await clients.routing.stop()
         await clients.http.aclose()
-        await clients.producer.stop()
         self.stores.close_all()
-        log.info("engine_stopped")
+
+    async def switch(self, generation: Generation, drained: dict[int, int]) -> None:
+        """Stop this generation's parts and start those of ``generation``. For a while,
+        GETs the new parts cannot answer yet are answered from the old stores that hold
+        every write below the barrier (``drained``: their changelog ends)."""
+        async with self._switching:
+            if generation == self.generation:
+                return
+            old, old_root = self.generation, self.stores.root
+            log.info("generation_switch", source=old.number, target=generation.number)
+            await self._stop_parts()
+            self.generations.freeze(old_root, old.partitions, drained)
+            self._use(generation)
+            await self._start_parts()
+            log.info(
+                "generation_switched",
+                generation=generation.number,
+                partitions=generation.partitions,
+            )
+
+    def processed(self) -> int:
+        parts = self.parts
+        return self._processed_before + (0 if parts is None else parts.processor.processed)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        parts = self._started()
+        return dict(await parts.clients.consumer.end_offsets(tps))
 
     # --- rebalance -------------------------------------------------------------------
     async def on_revoked(self, partitions: set[int]) -> None:
@@ -260,15 +339,29 @@ class Engine(Generic[A]):
         return offset >= begin
 
     def get_local(self, aggregate_id: str) -> A | None:
-        if self.parts is None:
-            raise NotOwnedError("this node is starting")
-        return self.parts.queries.get_local(aggregate_id)
+        if self.parts is not None:
+            try:
+                return self.parts.queries.get_local(aggregate_id)
+            except NotOwnedError:
+                if self.generations.frozen is None:
+                    raise
+        if self.generations.frozen is not None:
+            held, raw = self.generations.frozen.lookup(aggregate_id.encode())
+            if held:
+                return None if raw is None else self.applier.aggregates.decode(raw)[1]
+        raise NotOwnedError("this node is starting")
 
     async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
-        return await self._started().queries.forward_get(aggregate_id)
+        if self.parts is None:
+            return None
+        return await self.parts.queries.forward_get(aggregate_id)
 
     async def submit(self, aggregate_id: str, event: Event) -> tuple[int, int]:
-        return await self._started().queries.submit(aggregate_id, event)
+        return await submit_event(self.applier, self.gate, self.producer, aggregate_id, event)
+
+    def repartition_status(self) -> dict[str, Any]:
+        coordinator = self._coordinator
+        return self.generations.status(None if coordinator is None else coordinator.failure)
 
     def accept_loss(self, partition: int) -> dict[str, Any]:
         return self._started().partitions.accept_loss(partition, self.settings.node_id)

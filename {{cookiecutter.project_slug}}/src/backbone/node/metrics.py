@@ -10,16 +10,21 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from backbone.node.partition import State
 
 if TYPE_CHECKING:
-    from backbone.node.engine import Parts
+    from backbone.node.engine import Engine
 
 
-def register_metrics(parts: Parts[Any]) -> None:
+def register_metrics(engine: Engine[Any]) -> None:
+    """Once per process: the callbacks read the parts of the generation in force."""
     meter = metrics.get_meter("backbone")
 
     def unmet(_: CallbackOptions) -> list[Observation]:
-        return [Observation(len(parts.assignor.unmet))]
+        parts = engine.parts
+        return [] if parts is None else [Observation(len(parts.assignor.unmet))]
 
     def standby_lag(_: CallbackOptions) -> list[Observation]:
+        parts = engine.parts
+        if parts is None:
+            return []
         return [
             Observation(lag, {"partition": p})
             for p, lag in parts.clients.reader.standby_lag().items()
@@ -27,10 +32,16 @@ def register_metrics(parts: Parts[Any]) -> None:
         ]
 
     def processed(_: CallbackOptions) -> list[Observation]:
-        return [Observation(parts.processor.processed)]
+        return [Observation(engine.processed())]
 
     def incomplete(_: CallbackOptions) -> list[Observation]:
+        parts = engine.parts
+        if parts is None:
+            return []
         return [Observation(len(parts.partitions.in_state(State.INCOMPLETE)))]
+
+    def late(_: CallbackOptions) -> list[Observation]:
+        return [Observation(engine.generations.late_records())]
 
     meter.create_observable_gauge(
         "backbone.assignment.unmet_constraints",
@@ -47,4 +58,9 @@ def register_metrics(parts: Parts[Any]) -> None:
         "backbone.partitions.incomplete",
         [incomplete],
         description="active partitions whose every copy was lost, waiting for accept-loss",
+    )
+    meter.create_observable_counter(
+        "backbone.repartition.late_records",
+        [late],
+        description="records sent to a previous generation's input and forwarded to this one",
     )

@@ -117,6 +117,10 @@ class Ports(Protocol):
 
     async def events_begin(self, partition: int) -> int: ...
 
+    # False after a repartitioning: the input topic's history starts in the previous
+    # generation, so a rebuild from it alone is never complete.
+    history_in_input: bool
+
     async def committed(self, partition: int) -> int: ...
 
     async def commit(self, partition: int, offset: int) -> None: ...
@@ -240,10 +244,11 @@ class Partition:
         self, store: PartitionStore, missing: Missing
     ) -> tuple[PartitionStore, bool]:
         """No copy exists and the changelog has a gap before the store. If the events topic
-        still starts at 0, rebuilding from it is complete. Otherwise wait, reported
-        incomplete, until a copy turns up (False) or an operator accepts the loss (True)."""
+        still starts at 0 and holds the whole history, rebuilding from it is complete.
+        Otherwise wait, reported incomplete, until a copy turns up (False) or an operator
+        accepts the loss (True)."""
         events_begin = await self.ports.events_begin(self.number)
-        if events_begin == 0:
+        if events_begin == 0 and self.ports.history_in_input:
             return store, True
         entry = Incomplete(self.number, missing, events_begin)
         self.incomplete = entry

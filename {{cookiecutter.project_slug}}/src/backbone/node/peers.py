@@ -27,7 +27,8 @@ class GroupPeers:
         if active is not None:
             candidates.append((0 if active.zone == self.zone else 1, 1, active))
         ordered = [r.endpoint for _, _, r in sorted(candidates, key=lambda c: c[:2])]
-        return [url for url in dict.fromkeys(ordered) if url != self.self_url]
+        # A member seen mid-rebalance may not have told its endpoint yet.
+        return [url for url in dict.fromkeys(ordered) if url and url != self.self_url]
 
     def holds_copy(self, partition: int, changelog_begin: int, ruled_out: set[str]) -> bool:
         """Offsets are as of the member's last join: a replica that reported state then

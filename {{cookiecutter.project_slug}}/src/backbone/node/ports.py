@@ -23,7 +23,9 @@ class NodePorts:
         reader: ChangelogReader,
         bootstrapper: Bootstrapper,
         processor: Processor,
+        history_in_input: bool = True,
     ) -> None:
+        self.history_in_input = history_in_input
         self.stores = stores
         self.bootstrap_min_lag = bootstrap_min_lag
         self.events_topic = events_topic

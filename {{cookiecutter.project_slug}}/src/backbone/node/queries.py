@@ -18,6 +18,7 @@ from backbone.node.partitions import PartitionSet
 from backbone.node.routing import RoutingTable
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier
+from backbone.repartition.gate import WriteGate
 
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
@@ -36,8 +37,6 @@ class Queries(Generic[A]):
         applier: BatchApplier[A],
         partitions: PartitionSet,
         count: int,
-        events_topic: str,
-        producer: AIOKafkaProducer,
         routing: RoutingTable,
         http: httpx.AsyncClient,
         node_id: str,
@@ -47,8 +46,6 @@ class Queries(Generic[A]):
         self.applier = applier
         self.partitions = partitions
         self.count = count
-        self.events_topic = events_topic
-        self.producer = producer
         self.routing = routing
         self.http = http
         self.node_id = node_id
@@ -89,21 +86,30 @@ class Queries(Generic[A]):
             self.routing.refresh_soon()  # the owner moved since the last refresh
         return response.status_code, response.content
 
-    async def submit(self, aggregate_id: str, event: Event) -> tuple[int, int]:
-        """Produce ``event`` for ``aggregate_id``; returns (partition, offset) once acked."""
-        value, headers = self.applier.events.encode(event)
-        key = aggregate_id.encode()
-        partition = partition_for(key, self.count)
+
+async def submit_event(
+    applier: BatchApplier[A],
+    gate: WriteGate,
+    producer: AIOKafkaProducer,
+    aggregate_id: str,
+    event: Event,
+) -> tuple[int, int]:
+    """Produce ``event`` for ``aggregate_id`` to the generation's input that the write gate
+    names; returns (partition, offset) once acked. WritesPausedError while it is paused."""
+    value, headers = applier.events.encode(event)
+    key = aggregate_id.encode()
+    async with gate.writing() as target:
+        partition = partition_for(key, target.partitions)
         with tracer.start_as_current_span(
-            f"send {self.events_topic}",
+            f"send {target.topic}",
             kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.destination.partition.id": str(partition)},
         ):
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             headers.extend((k, v.encode()) for k, v in carrier.items())
-            metadata = await self.producer.send_and_wait(
-                self.events_topic, value, key=key, partition=partition, headers=headers
+            metadata = await producer.send_and_wait(
+                target.topic, value, key=key, partition=partition, headers=headers
             )
             log.info(
                 "event_accepted",
@@ -111,4 +117,4 @@ class Queries(Generic[A]):
                 partition=metadata.partition,
                 offset=metadata.offset,
             )
-        return metadata.partition, metadata.offset
+    return metadata.partition, metadata.offset

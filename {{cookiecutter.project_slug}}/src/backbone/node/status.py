@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 
 def node_status(engine: Engine[Any], parts: Parts[Any] | None, joined: bool) -> dict[str, Any]:
     node = engine.settings.node_id
+    generation = engine.generation.number
     if parts is None:
-        return {"ready": False, "node": node, "starting": True}
+        return {"ready": False, "node": node, "starting": True, "generation": generation}
     partitions = parts.partitions
     failures = partitions.failures()
     failure = engine.failure or (failures[0] if failures else None)
@@ -22,6 +23,8 @@ def node_status(engine: Engine[Any], parts: Parts[Any] | None, joined: bool) -> 
         "ready": joined and failure is None and partitions.all_active_ready(),
         "node": node,
         "zone": engine.settings.zone,
+        "generation": generation,
+        "partitions_total": engine.generation.partitions,
         "active": sorted(partitions.in_state(State.ACTIVE)),
         "assigned": sorted(assigned),
         "standby": sorted(partitions.in_role(Role.STANDBY)),

@@ -13,7 +13,15 @@ from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
-from backbone.codec import ID_HEADER, NO_OFFSET, AggregateCodec, DecodeError, EventCodec
+from backbone.codec import (
+    ID_HEADER,
+    LATE_HEADER,
+    NO_OFFSET,
+    AggregateCodec,
+    DecodeError,
+    EventCodec,
+    header,
+)
 from backbone.domain import Context, Domain, DomainError, event_type_name
 from backbone.ids import ID_RULE, id_problem
 from backbone.store import PartitionStore
@@ -64,6 +72,7 @@ class BatchResult:
     next_offset: int = 0
     applied: int = 0
     skipped: int = 0
+    late: int = 0  # late records (forwarded from the previous generation) applied
     last_input_offset: dict[bytes, int] = field(default_factory=dict)
 
 
@@ -78,9 +87,11 @@ class BatchApplier(Generic[A]):
         if not records:
             return result
         keys = list({r.key for r in records if r.key})
-        cache: dict[bytes, tuple[int, A | None]] = {}
+        cache: dict[bytes, tuple[int, int, A | None]] = {}
         for key, raw in zip(keys, store.get_many(keys), strict=True):
-            cache[key] = (NO_OFFSET, None) if raw is None else self.aggregates.decode(raw)
+            cache[key] = (
+                (NO_OFFSET, NO_OFFSET, None) if raw is None else self.aggregates.decode_fenced(raw)
+            )
         ids = {key: _aggregate_id(key) for key in keys}  # checked once per key and batch
         handlers = self.domain.handlers
         aggregate_type = self.domain.aggregate
@@ -93,9 +104,11 @@ class BatchApplier(Generic[A]):
                     )
                 )
                 continue
-            fence, aggregate = cache[key]
-            if record.offset <= fence:
-                # Already applied before a crash: applying it again would count it twice.
+            fence, late_fence, aggregate = cache[key]
+            late = _late_offset(record) if record.headers else None
+            if record.offset <= fence or (late is not None and late <= late_fence):
+                # Already applied before a crash (or forwarded twice): applying it again
+                # would count it twice.
                 result.skipped += 1
                 continue
             try:
@@ -138,7 +151,10 @@ class BatchApplier(Generic[A]):
                     )
                 )
                 continue
-            cache[key] = (record.offset, updated)
+            if late is not None:
+                late_fence = late
+                result.late += 1
+            cache[key] = (record.offset, late_fence, updated)
             result.last_input_offset[key] = record.offset
             result.applied += 1
             for index, emitted in enumerate(ctx.emitted):
@@ -148,10 +164,16 @@ class BatchApplier(Generic[A]):
                 result.emitted.append(Emitted(key, value, headers, record.offset))
         result.next_offset = records[-1].offset + 1
         for key in result.last_input_offset:
-            offset, aggregate = cache[key]
+            offset, late_fence, aggregate = cache[key]
             if aggregate is not None:
-                result.dirty[key] = self.aggregates.encode(offset, aggregate)
+                result.dirty[key] = self.aggregates.encode(offset, aggregate, late_fence)
         return result
+
+
+def _late_offset(record: InputRecord) -> int | None:
+    """The old-topic offset of a late record, None for any other record."""
+    raw = header(record.headers, LATE_HEADER)
+    return None if raw is None else int(raw.rpartition(b"/")[2])
 
 
 def _aggregate_id(key: bytes) -> tuple[str, str | None]:

@@ -56,6 +56,9 @@ class Processor:
         # Per partition being rebuilt from its input: the input offset below which its
         # output events and dead letters were sent before, so they are not sent again.
         self.quiet: dict[int, int] = {}
+        # While the partition count changes: per partition, the barrier offset that this
+        # generation applies its input up to, and no further (backbone.repartition).
+        self.drain_to: dict[int, int] | None = None
         self.processed = 0
         self.dead_letters = 0
         self._tail_checked = time.monotonic()
@@ -91,6 +94,13 @@ class Processor:
             store = self.stores.get(tp.partition)
             if store is None or tp.partition not in self.ready or not records:
                 continue  # revoked or still restoring: the records are fetched again later
+            if self.drain_to is not None:
+                limit = self.drain_to.get(tp.partition, 0)
+                if records[-1].offset >= limit:
+                    self.consumer.pause(tp)  # the rest belongs to the next generation
+                    records = [r for r in records if r.offset < limit]
+                    if not records:
+                        continue
             spans.extend(self._spans(records))
             result = self.applier.apply(store, records)
             quiet = self.quiet.get(tp.partition)

@@ -233,6 +233,16 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 1_000_000
     bootstrap_stall_s: Annotated[int, _setting("the window of that check, in seconds", ge=1)] = 30
+    repartition_retire_after_s: Annotated[
+        int,
+        _setting(
+            "after a repartitioning, how long the previous generation's input topic is still "
+            "read for late records before its topics and stores are deleted. `-1`: only by "
+            "`repartition --retire`",
+            ge=-1,
+            note="1 day",
+        ),
+    ] = 86_400
     max_batch_records: Annotated[
         int, _setting("most input records fetched per batch, all partitions together", ge=1)
     ] = 100_000

@@ -146,7 +146,7 @@ class _Download:
             if parts.scheme == "https"
             else HTTPConnection(host, port, timeout=SOCKET_TIMEOUT_S)
         )
-        self._path = parts.path
+        self._path = f"{parts.path}?{parts.query}" if parts.query else parts.path
         self._headers = headers
         self._response: HTTPResponse | None = None
         self._sock: socket.socket | None = None
@@ -187,8 +187,11 @@ class Bootstrapper:
         staging_root: Path,
         limits: Limits = Limits(),
         changelog_end: Callable[[int], Awaitable[int]] | None = None,
+        generation: int = 0,
     ) -> None:
         self.peers = peers
+        # Partition p of another generation holds other keys: only this one's copies fit.
+        self.generation = generation
         self.tls = tls
         self.token = token
         self.staging_root = staging_root
@@ -270,7 +273,7 @@ class Bootstrapper:
         progress = BootstrapProgress(partition, url)
         self.progress[partition] = progress
         headers = {"authorization": f"Bearer {self.token}"}
-        endpoint = f"{url}/internal/partitions/{partition}/checkpoint"
+        endpoint = f"{url}/internal/partitions/{partition}/checkpoint?generation={self.generation}"
         log.info("bootstrap_started", partition=partition, source=url)
         download = _Download(endpoint, headers, self.tls)
         transfer = asyncio.create_task(
@@ -343,6 +346,11 @@ class Bootstrapper:
                 log.info("bootstrap_progress", **progress.as_dict())
 
         def check(manifest: Manifest) -> None:
+            if manifest.generation != self.generation:
+                raise SourceError(
+                    f"checkpoint is of generation {manifest.generation}; this node is at "
+                    f"generation {self.generation} (the partition count changed)"
+                )
             if manifest.partition != partition or manifest.changelog_offset != offset:
                 raise SourceError(
                     f"checkpoint is for partition {manifest.partition} at changelog offset "

@@ -1,0 +1,23 @@
+"""Named points of the repartitioning protocol where kill tests stop a node. Without a hook
+(production) they do nothing; ``backbone.dev.faults`` installs one from ``FAULT_KILL_AT``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+POINTS = (
+    "before_paused",
+    "before_barrier",
+    "before_drained",
+    "before_derive",
+    "before_derived",
+    "before_switched",
+    "after_switch",
+)
+
+hook: Callable[[str], None] | None = None
+
+
+def fault_point(name: str) -> None:
+    if hook is not None:
+        hook(name)
