@@ -154,7 +154,9 @@ def settled(nodes: list[NodeProcess], generation: int, partitions: int) -> bool:
     return actives == list(range(partitions)) and len(standbys) == partitions and lags
 
 
-def matches(nodes: list[NodeProcess], ledgers: list[Ledger], plural: str) -> list[str]:
+def matches(
+    nodes: list[NodeProcess], ledgers: list[Ledger], plural: str
+) -> list[tuple[str, Any, Any]]:
     """Keys whose aggregate, read through the nodes in turn, differs from the reference."""
     wrong = []
     turn = itertools.cycle(nodes)
@@ -165,13 +167,26 @@ def matches(nodes: list[NodeProcess], ledgers: list[Ledger], plural: str) -> lis
                     continue
                 answer = client.get(f"{next(turn).url}/{plural}/{key}")
                 got = answer.json() if answer.status_code == 200 else {}
-                if (got.get("name"), got.get("lifetime_value_cents"), got.get("order_count")) != (
-                    str(number),
-                    total,
-                    orders,
-                ):
-                    wrong.append(key)
+                seen = (got.get("name"), got.get("lifetime_value_cents"), got.get("order_count"))
+                if seen != (str(number), total, orders):
+                    wrong.append((key, (str(number), total, orders), seen))
     return wrong
+
+
+def wait_matching(nodes: list[NodeProcess], ledgers: list[Ledger], plural: str, what: str) -> None:
+    wrong: list[tuple[str, Any, Any]] = []
+
+    def check() -> bool:
+        nonlocal wrong
+        wrong = matches(nodes, ledgers, plural)
+        return not wrong
+
+    try:
+        wait_until(check, 120, what)
+    except TimeoutError:
+        raise AssertionError(
+            f"{len(wrong)} keys differ (key, expected, got): {wrong[:5]}"
+        ) from None
 
 
 def changelog_numbers(brokers: str, topic: str, partitions: int) -> dict[str, list[int]]:
@@ -243,7 +258,7 @@ def test_split_then_merge_under_load(bake: Bake, kafka_brokers: str, tmp_path: P
         # The late producer stops before the previous generation is retired: its topic goes.
         late.stop.set()
         producers[2].join(30)
-        wait_until(lambda: not matches(nodes, [late], plural), 120, "late records to be applied")
+        wait_matching(nodes, [late], plural, "late records to be applied")
         late_forwarded = sum(
             int(
                 httpx.get(
@@ -271,7 +286,7 @@ def test_split_then_merge_under_load(bake: Bake, kafka_brokers: str, tmp_path: P
         for thread in producers:
             thread.join(60)
         ledgers = [web_a, web_b, late]
-        wait_until(lambda: not matches(nodes, ledgers, plural), 120, "every aggregate to match")
+        wait_matching(nodes, ledgers, plural, "every aggregate to match")
         wait_until(lambda: settled(nodes, 2, 6), 60, "standbys to catch up")
         view = httpx.get(f"{nodes[0].url}/admin/assignment", timeout=5).json()["group"]
         assert view["zone_conflicts"] == [], view

@@ -18,7 +18,6 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from backbone.codec import NO_OFFSET
 from backbone.domain import Domain, Event
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier, DeadLetter
@@ -83,8 +82,8 @@ class TestDriver(Generic[A]):
         raw = self.stores.open(partition_for(key, self.partitions)).get(key)
         if raw is None:
             return None
-        offset, aggregate = self.applier.aggregates.decode(raw)
-        return None if offset == NO_OFFSET else aggregate
+        _, aggregate = self.applier.aggregates.decode(raw)
+        return aggregate
 
     def close(self) -> None:
         self.stores.close_all()

@@ -113,20 +113,19 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
         try:
             aggregate = engine.get_local(aggregate_id)
         except NotOwnedError as exc:
-            if request.headers.get(FORWARDED_HEADER):
-                # One hop only: the sender's routes are stale, let it retry.
-                raise HTTPException(
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
-                ) from exc
-            forwarded = await engine.forward_get(aggregate_id)
-            if forwarded is None:
+            forwarded = None
+            if not request.headers.get(FORWARDED_HEADER):  # one hop only
+                forwarded = await engine.forward_get(aggregate_id)
+            if forwarded is not None and forwarded[0] != HTTP_503_SERVICE_UNAVAILABLE:
+                status, body = forwarded
+                return Response(body, status_code=status, media_type="application/json")
+            held, aggregate = engine.get_frozen(aggregate_id)
+            if not held:
                 raise HTTPException(
                     status_code=HTTP_503_SERVICE_UNAVAILABLE,
                     detail=f"{exc}, and no other node is known to own it yet: retry shortly",
                     headers=RETRY,
                 ) from exc
-            status, body = forwarded
-            return Response(body, status_code=status, media_type="application/json")
         if aggregate is None:
             raise HTTPException(
                 status_code=HTTP_404_NOT_FOUND,

@@ -339,17 +339,19 @@ class Engine(Generic[A]):
         return offset >= begin
 
     def get_local(self, aggregate_id: str) -> A | None:
-        if self.parts is not None:
-            try:
-                return self.parts.queries.get_local(aggregate_id)
-            except NotOwnedError:
-                if self.generations.frozen is None:
-                    raise
-        if self.generations.frozen is not None:
-            held, raw = self.generations.frozen.lookup(aggregate_id.encode())
-            if held:
-                return None if raw is None else self.applier.aggregates.decode(raw)[1]
-        raise NotOwnedError("this node is starting")
+        if self.parts is None:
+            raise NotOwnedError("this node is switching generations")
+        return self.parts.queries.get_local(aggregate_id)
+
+    def get_frozen(self, aggregate_id: str) -> tuple[bool, A | None]:
+        """Right after a switch, when neither this node nor the owner can answer yet:
+        (whether the previous generation's store here holds the key's partition, its
+        value as of the barrier)."""
+        frozen = self.generations.frozen
+        if frozen is None:
+            return False, None
+        held, raw = frozen.lookup(aggregate_id.encode())
+        return held, None if raw is None else self.applier.aggregates.decode(raw)[1]
 
     async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
         if self.parts is None:

@@ -12,7 +12,6 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from opentelemetry import propagate, trace
 
-from backbone.codec import NO_OFFSET
 from backbone.domain import Event
 from backbone.node.partitions import PartitionSet
 from backbone.node.routing import RoutingTable
@@ -64,8 +63,8 @@ class Queries(Generic[A]):
         raw = store.get(aggregate_id.encode())
         if raw is None:
             return None
-        offset, aggregate = self.applier.aggregates.decode(raw)
-        return None if offset == NO_OFFSET else aggregate
+        _, aggregate = self.applier.aggregates.decode(raw)
+        return aggregate
 
     async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
         """Ask the node that owns the key; None when no other node is known to own it."""

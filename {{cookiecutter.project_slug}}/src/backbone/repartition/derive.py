@@ -8,6 +8,7 @@ leaves only staging directories, which the next attempt removes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -123,6 +124,8 @@ def derive(
     for child in todo:
         os.rename(staging / str(child), root / str(child))
     _fsync_dir(root)
+    with contextlib.suppress(OSError):  # another derivation may still be staging
+        staging.rmdir()
     return Derived(tuple(children), keys, size, time.monotonic() - started)
 
 
