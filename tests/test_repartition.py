@@ -201,7 +201,7 @@ def changelog_numbers(brokers: str, topic: str, partitions: int) -> dict[str, li
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             found: dict[str, list[int]] = defaultdict(list)
-            while any(await consumer.position(tp) < ends[tp] for tp in tps):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
                     for record in records:
                         if record.key and record.value:
