@@ -35,7 +35,7 @@ from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.partitioning import partition_for
 from backbone.store import PartitionStore
 
-from clustertools import Service, new_service, status
+from clustertools import new_service, status
 from conftest import Bake
 
 pytestmark = pytest.mark.kafka
