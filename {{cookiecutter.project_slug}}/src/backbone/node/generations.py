@@ -105,4 +105,7 @@ class NodeGenerations:
         if self.control is None:
             raise RuntimeError("the engine has not started")
         late = None if self.late is None else self.late.forwarded
-        return describe(self.control.state, failure=failure, late=late)
+        status = describe(self.control.state, failure=failure, late=late)
+        status["writes_paused"] = self.gate.paused_since is not None
+        status["longest_write_pause_s"] = round(self.gate.longest_pause_s, 3)
+        return status

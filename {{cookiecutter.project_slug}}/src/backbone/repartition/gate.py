@@ -13,6 +13,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 RETRY_AFTER_S = 1
 
 
@@ -30,6 +34,7 @@ class WriteGate:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.paused_since: float | None = None
+        self.longest_pause_s = 0.0  # on this node, since it started
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -58,4 +63,8 @@ class WriteGate:
 
     def resume(self, target: Target) -> None:
         self.target = target
+        if self.paused_since is not None:
+            paused = asyncio.get_running_loop().time() - self.paused_since
+            self.longest_pause_s = max(self.longest_pause_s, paused)
+            log.info("writes_resumed", paused_s=round(paused, 3), topic=target.topic)
         self.paused_since = None
