@@ -11,6 +11,7 @@ standby store equals its active's, byte for byte, and no replicas share a zone.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from test_repartition import Ledger, cli, settled, stores, wait_matching
 
 from backbone.dev.cluster import NodeProcess, wait_until
@@ -56,6 +58,28 @@ def until_one_dies(nodes: list[NodeProcess], point: str) -> None:
     wait_until(lambda: any(not n.alive() for n in nodes), 90, f"a node to die at {point}")
 
 
+def until_retired(node: NodeProcess, service: Service, old: int) -> None:
+    """The nodes retire the previous generation by themselves: its topics go."""
+
+    suffix = "" if old == 0 else f"-g{old}"
+
+    def retired() -> bool:
+        view = json.loads(cli(node, "repartition", "--status").splitlines()[-1])
+        topics = set(asyncio.run(list_topics(service.brokers)))
+        return "previous_generation" not in view and f"{service.name}.events{suffix}" not in topics
+
+    wait_until(retired, 60, f"generation {old} and its topics to be retired")
+
+
+async def list_topics(brokers: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 def killed_at(node: NodeProcess, point: str) -> bool:
     for line in node.log_path.read_text(errors="replace").splitlines()[-400:]:
         if '"fault_kill"' in line and json.loads(line).get("point") == point:
@@ -74,7 +98,7 @@ def test_a_kill_at_every_step_leaves_a_change_that_completes(
         tmp_path,
         4,
         STANDBY_REPLICAS="1",
-        REPARTITION_RETIRE_AFTER_S="-1",
+        REPARTITION_RETIRE_AFTER_S="0",  # each old generation is retired by the nodes at once
     )
     ledger = Ledger("k", 60)
     nodes = start_all(service, None)
@@ -104,7 +128,7 @@ def test_a_kill_at_every_step_leaves_a_change_that_completes(
             generation, partitions = generation + 1, wanted
             until_settled(nodes, generation, partitions, f"round {round_number} ({point})")
             wait_matching(nodes, [ledger], PLURAL, f"every aggregate after a kill at {point}")
-            cli(nodes[0], "repartition", "--retire")
+            until_retired(nodes[0], service, generation - 1)
 
         view = httpx.get(f"{nodes[0].url}/admin/assignment", timeout=5).json()["group"]
         assert view["zone_conflicts"] == [], view

@@ -9,9 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
-
-from backbone.repartition.control import ControlLog, ensure_control_topic
+from backbone.repartition.control import ControlLog, open_control_log
 from backbone.repartition.coordinator import delete_topics
 from backbone.repartition.layout import check_counts
 from backbone.repartition.plan import ABORTED, REQUESTED, RETIRED, Generation, Generations
@@ -25,20 +23,7 @@ class RepartitionError(RuntimeError):
 
 
 async def _open(settings: EngineSettings) -> ControlLog:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers)
-    await admin.start()
-    try:
-        await ensure_control_topic(admin, settings.service, settings.replication_factor)
-    finally:
-        await admin.close()
-    control = ControlLog(
-        settings.brokers,
-        settings.service,
-        Generation(0, settings.partitions),
-        f"{settings.service}-repartition",
-    )
-    await control.start()
-    return control
+    return await open_control_log(settings, f"{settings.service}-repartition")
 
 
 async def current_generation(settings: EngineSettings) -> Generation:

@@ -7,10 +7,9 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from backbone.changelog.sources import ChangelogSource
-from backbone.repartition.control import ControlLog, ensure_control_topic
+from backbone.repartition.control import ControlLog, open_control_log
 from backbone.repartition.derive import FIRST_CHANGELOG_OFFSET
 from backbone.repartition.frozen import FrozenStores
 from backbone.repartition.gate import Target, WriteGate
@@ -38,21 +37,8 @@ class NodeGenerations:
     async def start(self, producer: AIOKafkaProducer) -> Generation:
         """Read the control log; returns the generation in force."""
         s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.brokers)
-        await admin.start()
-        try:
-            await ensure_control_topic(admin, s.service, s.replication_factor)
-        finally:
-            await admin.close()
-        self.control = ControlLog(
-            s.brokers,
-            s.service,
-            Generation(0, s.partitions),
-            f"{s.service}-{s.node_id}",
-            producer=producer,
-        )
-        state = await self.control.start()
-        return state.current
+        self.control = await open_control_log(s, f"{s.service}-{s.node_id}", producer)
+        return self.control.state.current
 
     async def stop(self) -> None:
         if self.late is not None:

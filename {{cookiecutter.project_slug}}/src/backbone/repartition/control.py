@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from backbone.repartition.plan import Generation, Generations, record
+from backbone.settings import EngineSettings
 
 log = structlog.get_logger(__name__)
 
@@ -122,3 +123,24 @@ class ControlLog:
         await self._consumer.stop()
         if self._own_producer:
             await self._producer.stop()
+
+
+async def open_control_log(
+    settings: EngineSettings, client_id: str, producer: AIOKafkaProducer | None = None
+) -> ControlLog:
+    """The service's control log (created if missing), read to its end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers)
+    await admin.start()
+    try:
+        await ensure_control_topic(admin, settings.service, settings.replication_factor)
+    finally:
+        await admin.close()
+    control = ControlLog(
+        settings.brokers,
+        settings.service,
+        Generation(0, settings.partitions),
+        client_id,
+        producer=producer,
+    )
+    await control.start()
+    return control

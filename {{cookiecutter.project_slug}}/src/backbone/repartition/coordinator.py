@@ -345,6 +345,9 @@ class Coordinator:
         switched = previous.switched_at or time.time()
         if grace >= 0 and time.time() - switched >= grace:
             await self.control.append(previous.target.number, RETIRED, self.node, at=time.time())
+            old = engine.topics.of(previous.source.number)
+            await delete_topics(engine.settings.brokers, [old.events, old.changelog])
+            log.info("repartition_retired", generation=previous.source.number)
 
     def _remove_old_stores(self, current: int) -> None:
         s = self.engine.settings
