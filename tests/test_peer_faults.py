@@ -30,6 +30,7 @@ from litestar.testing import TestClient
 
 from backbone.dev.cluster import free_port, wait_until
 from backbone.http.internal import internal_app
+from backbone.repartition.plan import Generation
 from backbone.settings import EngineSettings
 from backbone.snapshot import FileEntry, Manifest, receive_checkpoint, stream_checkpoint
 from backbone.snapshot.bootstrap import (
@@ -45,6 +46,9 @@ from backbone.store import PartitionStore
 PARTITION = 3
 TOKEN = "t"
 CHECKPOINT_PATH = f"/internal/partitions/{PARTITION}/checkpoint"
+# What a bootstrapper of generation 0 asks for: partition p of another generation holds
+# other keys, so the request names its generation.
+REQUESTED_PATH = f"{CHECKPOINT_PATH}?generation=0"
 # The changelog the bootstrapping replica sees: it starts at 20 and ends at 1000.
 BEGIN, END = 20, 1000
 GOOD_OFFSET, GOOD_INPUT = 50, 60
@@ -360,7 +364,7 @@ def test_bad_peer_first_then_good_peer_installs_the_good_checkpoint(
 
     assert manifest == good.manifest
     assert len(bad.requests) == 1, "the bad peer, listed first, was not asked"
-    assert good_peer.requests == [(CHECKPOINT_PATH, f"Bearer {TOKEN}")]
+    assert good_peer.requests == [(REQUESTED_PATH, f"Bearer {TOKEN}")]
     assert target_seen == [False], "the bad answer created the target"
     assert_installed(good, target, staging_root)
 
@@ -512,6 +516,7 @@ class StubEngine:
     def __init__(self, settings: EngineSettings, store: PartitionStore | None) -> None:
         self.settings = settings
         self.store = store
+        self.generation = Generation(0, 6)
 
     def held_store(self, partition: int) -> PartitionStore | None:
         return self.store if partition == PARTITION else None

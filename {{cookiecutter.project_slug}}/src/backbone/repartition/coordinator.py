@@ -122,42 +122,9 @@ class Coordinator:
 
     # --- requested -------------------------------------------------------------------
     async def _prepare(self, plan: Plan) -> None:
-        """Create the new generation's topics; its changelog starts at offset 1."""
-        number = plan.target.number
-        if number in self._prepared:
-            return
-        s = self.engine.settings
-        topics = self.engine.topics.of(number)
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.brokers)
-        await admin.start()
-        try:
-            await ensure_topics(
-                admin,
-                topics,
-                plan.target.partitions,
-                s.replication_factor,
-                changelog_config(
-                    s.changelog_retention_ms, s.changelog_retention_bytes, s.changelog_segment_ms
-                ),
-            )
-            producer = self.engine.producer
-            tps = [TopicPartition(topics.changelog, p) for p in range(plan.target.partitions)]
-            ends = await self.engine.end_offsets(tps)
-            key, value, headers = claim_record(0)  # a compacted topic refuses a null key
-            sends: list[asyncio.Future[RecordMetadata]] = [
-                await producer.send(
-                    tp.topic, value, key=key, partition=tp.partition, headers=headers
-                )
-                for tp in tps
-                if ends[tp] < FIRST_CHANGELOG_OFFSET
-            ]
-            await asyncio.gather(*sends)
-            await admin.delete_records(
-                {tp: RecordsToDelete(FIRST_CHANGELOG_OFFSET) for tp in tps}, timeout_ms=30_000
-            )
-        finally:
-            await admin.close()
-        self._prepared.add(number)
+        if plan.target.number not in self._prepared:
+            await create_generation_topics(self.engine, plan)
+            self._prepared.add(plan.target.number)
 
     # --- paused, barrier -------------------------------------------------------------
     async def _pause(self, plan: Plan) -> None:
@@ -367,5 +334,39 @@ async def delete_topics(brokers: str, names: list[str]) -> None:
     try:
         with contextlib.suppress(Exception):
             await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def create_generation_topics(engine: Engine[Any], plan: Plan) -> None:
+    """Create the new generation's topics; its changelog starts at offset 1."""
+    s = engine.settings
+    topics = engine.topics.of(plan.target.number)
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.brokers)
+    await admin.start()
+    try:
+        await ensure_topics(
+            admin,
+            topics,
+            plan.target.partitions,
+            s.replication_factor,
+            changelog_config(
+                s.changelog_retention_ms, s.changelog_retention_bytes, s.changelog_segment_ms
+            ),
+        )
+        tps = [TopicPartition(topics.changelog, p) for p in range(plan.target.partitions)]
+        ends = await engine.end_offsets(tps)
+        key, value, headers = claim_record(0)  # a compacted topic refuses a null key
+        sends: list[asyncio.Future[RecordMetadata]] = [
+            await engine.producer.send(
+                tp.topic, value, key=key, partition=tp.partition, headers=headers
+            )
+            for tp in tps
+            if ends[tp] < FIRST_CHANGELOG_OFFSET
+        ]
+        await asyncio.gather(*sends)
+        await admin.delete_records(
+            {tp: RecordsToDelete(FIRST_CHANGELOG_OFFSET) for tp in tps}, timeout_ms=30_000
+        )
     finally:
         await admin.close()
