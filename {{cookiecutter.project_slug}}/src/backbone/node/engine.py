@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +50,17 @@ A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
 
 __all__ = ["Engine", "NotOwnedError"]
+
+# A part that does not stop within this is left behind, so that a node still switches
+# generations or shuts down (seen once: a consumer stopped while joining its group).
+STOP_PART_S = 15.0
+
+
+async def _bounded(part: str, stopping: Awaitable[Any]) -> None:
+    try:
+        await asyncio.wait_for(stopping, STOP_PART_S)
+    except TimeoutError:
+        log.error("part_did_not_stop", part=part, waited_s=STOP_PART_S)
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ class Engine(Generic[A]):
         self._producer: AIOKafkaProducer | None = None
         self._coordinator: Coordinator | None = None
         self._switching = asyncio.Lock()
-        self._processed_before = 0  # by earlier generations' processors
+        self.processed_before = 0  # by earlier generations' processors
 
     @property
     def gate(self) -> WriteGate:
@@ -259,19 +271,18 @@ class Engine(Generic[A]):
                 await asyncio.gather(self._processing, return_exceptions=True)
             held = list(parts.partitions.held.values())
             parts.partitions.close_all()
-            await asyncio.gather(*(p.wait() for p in held))
-            await clients.consumer.stop()
+            await _bounded("partitions", asyncio.gather(*(p.wait() for p in held)))
+            await _bounded("consumer", clients.consumer.stop())
         self.parts = None
-        self._processed_before += parts.processor.processed
-        await clients.reader.stop()
-        await clients.routing.stop()
+        self.processed_before += parts.processor.processed
+        await _bounded("changelog reader", clients.reader.stop())
+        await _bounded("routing", clients.routing.stop())
         await clients.http.aclose()
         self.stores.close_all()
 
     async def switch(self, generation: Generation, drained: dict[int, int]) -> None:
-        """Stop this generation's parts and start those of ``generation``. For a while,
-        GETs the new parts cannot answer yet are answered from the old stores that hold
-        every write below the barrier (``drained``: their changelog ends)."""
+        """Stop this generation's parts, start those of ``generation``; the old stores
+        (``drained``: their changelog ends) answer GETs for a while (``get_frozen``)."""
         async with self._switching:
             if generation == self.generation:
                 return
@@ -280,16 +291,16 @@ class Engine(Generic[A]):
             await self._stop_parts()
             self.generations.freeze(old_root, old.partitions, drained)
             self._use(generation)
-            await self._start_parts()
+            try:
+                await self._start_parts()
+            except BaseException:
+                self._use(old)  # so that the next attempt switches again
+                raise
             log.info(
                 "generation_switched",
                 generation=generation.number,
                 partitions=generation.partitions,
             )
-
-    def processed(self) -> int:
-        parts = self.parts
-        return self._processed_before + (0 if parts is None else parts.processor.processed)
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         parts = self._started()
@@ -344,9 +355,8 @@ class Engine(Generic[A]):
         return self.parts.queries.get_local(aggregate_id)
 
     def get_frozen(self, aggregate_id: str) -> tuple[bool, A | None]:
-        """Right after a switch, when neither this node nor the owner can answer yet:
-        (whether the previous generation's store here holds the key's partition, its
-        value as of the barrier)."""
+        """Right after a switch, when no owner answers yet: (whether the previous
+        generation's store here holds the key, its value as of the barrier)."""
         frozen = self.generations.frozen
         if frozen is None:
             return False, None

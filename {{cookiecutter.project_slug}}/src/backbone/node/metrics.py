@@ -32,7 +32,9 @@ def register_metrics(engine: Engine[Any]) -> None:
         ]
 
     def processed(_: CallbackOptions) -> list[Observation]:
-        return [Observation(engine.processed())]
+        parts = engine.parts
+        now = 0 if parts is None else parts.processor.processed
+        return [Observation(engine.processed_before + now)]
 
     def incomplete(_: CallbackOptions) -> list[Observation]:
         parts = engine.parts
