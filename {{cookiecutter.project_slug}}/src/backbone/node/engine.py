@@ -52,7 +52,7 @@ log = structlog.get_logger(__name__)
 __all__ = ["Engine", "NotOwnedError"]
 
 # A part that does not stop within this is left behind, so that a node still switches
-# generations or shuts down (seen once: a consumer stopped while joining its group).
+# generations or shuts down.
 STOP_PART_S = 15.0
 
 
@@ -272,8 +272,9 @@ class Engine(Generic[A]):
             held = list(parts.partitions.held.values())
             parts.partitions.close_all()
             await _bounded("partitions", asyncio.gather(*(p.wait() for p in held)))
-            await _bounded("consumer", clients.consumer.stop())
+        # Outside the lock: stopping mid-join calls the revoke listener, which takes it.
         self.parts = None
+        await _bounded("consumer", clients.consumer.stop())
         self.processed_before += parts.processor.processed
         await _bounded("changelog reader", clients.reader.stop())
         await _bounded("routing", clients.routing.stop())
@@ -302,18 +303,18 @@ class Engine(Generic[A]):
                 partitions=generation.partitions,
             )
 
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        parts = self._started()
-        return dict(await parts.clients.consumer.end_offsets(tps))
-
     # --- rebalance -------------------------------------------------------------------
     async def on_revoked(self, partitions: set[int]) -> None:
-        parts = self._started()
+        parts = self.parts
+        if parts is None:
+            return  # these parts are stopping: they close every partition themselves
         async with parts.processor.lock:  # let the batch in flight finish and commit
             parts.partitions.revoke(partitions)
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        parts = self._started()
+        parts = self.parts
+        if parts is None:
+            return
         self._joined = True
         standbys = set(parts.assignor.standbys) - partitions
         tps = [TopicPartition(self.topics.events, p) for p in partitions]

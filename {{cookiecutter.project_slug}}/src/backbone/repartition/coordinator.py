@@ -147,8 +147,8 @@ class Coordinator:
             )
         fault_point("before_barrier")
         topic = engine.topics.events
-        found = await engine.end_offsets(
-            [TopicPartition(topic, p) for p in range(plan.source.partitions)]
+        found = await end_offsets(
+            engine, [TopicPartition(topic, p) for p in range(plan.source.partitions)]
         )
         ends = {tp.partition: offset for tp, offset in found.items()}
         await self.control.append(
@@ -355,7 +355,7 @@ async def create_generation_topics(engine: Engine[Any], plan: Plan) -> None:
             ),
         )
         tps = [TopicPartition(topics.changelog, p) for p in range(plan.target.partitions)]
-        ends = await engine.end_offsets(tps)
+        ends = await end_offsets(engine, tps)
         key, value, headers = claim_record(0)  # a compacted topic refuses a null key
         sends: list[asyncio.Future[RecordMetadata]] = [
             await engine.producer.send(
@@ -370,3 +370,10 @@ async def create_generation_topics(engine: Engine[Any], plan: Plan) -> None:
         )
     finally:
         await admin.close()
+
+
+async def end_offsets(engine: Engine[Any], tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    parts = engine.parts
+    if parts is None:
+        raise RuntimeError("the node is switching generations: retried shortly")
+    return dict(await parts.clients.consumer.end_offsets(tps))
