@@ -358,6 +358,7 @@ def test_assignment_back_to_the_same_node_reuses_the_open_store(tmp_path: Path) 
         held.assign({P}, {5})
         await until(lambda: held.all_active_ready(), "the active again")
         assert ports.stores.get(P) is store, "the store stayed open across the rebalance"
+        store.write((), changelog_offset=7)
         # The standby becomes the active here, and the old active goes.
         held.revoke({P})
         held.assign({5}, set())
@@ -365,10 +366,31 @@ def test_assignment_back_to_the_same_node_reuses_the_open_store(tmp_path: Path) 
         assert held.states() == {"5": "active"}
         assert ports.stores.get(P) is None and P in held.known_offsets
         offsets, active, standby = held.local_state()
-        assert offsets[P] == 0 and active == {5} and standby == set()
+        assert offsets[P] == 7 and active == {5} and standby == set()
 
     ports = run(tmp_path, scenario)
     assert ("untail", 5) in ports.calls
+
+
+def test_an_empty_store_or_one_with_a_gap_is_no_copy_for_the_planner(tmp_path: Path) -> None:
+    """Reported, an empty store's offset can pass for caught up (within ACCEPTABLE_LAG of
+    the best copy), and the planner would drop the last real copy (issue 9's invariant)."""
+
+    async def scenario(ports: FakePorts) -> None:
+        ports.bounds = (30, 90)
+        ports.events_first = 500  # the input was truncated too: no rebuild, incomplete
+        held = PartitionSet(ports, 8)
+        held.assign({P}, set())
+        await until(lambda: held.in_state(State.INCOMPLETE) == {P}, "incomplete")
+        ports.stores.open(P).write((), changelog_offset=12)  # a stale store with a gap
+        empty = ports.stores.open(5)
+        assert empty.meta().changelog_offset == 0
+        offsets, _, _ = held.local_state()
+        assert P not in offsets and 5 not in offsets, offsets
+        ports.stores.open(6).write((), changelog_offset=40)
+        assert held.local_state()[0] == {6: 40}
+
+    run(tmp_path, scenario)
 
 
 def test_close_of_a_standby_stops_tailing(tmp_path: Path) -> None:

@@ -128,10 +128,15 @@ class PartitionSet:
         return {str(p): self.held[p].state.value for p in sorted(self.held)}
 
     def local_state(self) -> tuple[dict[int, int], frozenset[int], frozenset[int]]:
-        """For the assignor: offsets of every store on disk, actives and standbys."""
+        """For the assignor: offsets of the stores on disk that hold a copy, actives and
+        standbys. An empty store, or one known to have a gap, is no copy: reported, its
+        offset could pass for caught up (within ACCEPTABLE_LAG of the best) and let the
+        planner drop the last real copy."""
         offsets = dict(self.known_offsets)
         for p in self.stores.partitions:
             store = self.stores.get(p)
             if store is not None:
                 offsets[p] = store.meta().changelog_offset
-        return offsets, frozenset(self.in_role(Role.ACTIVE)), frozenset(self.in_role(Role.STANDBY))
+        gaps = self.in_state(State.INCOMPLETE) | self.in_state(State.WAITING)
+        copies = {p: offset for p, offset in offsets.items() if offset > 0 and p not in gaps}
+        return copies, frozenset(self.in_role(Role.ACTIVE)), frozenset(self.in_role(Role.STANDBY))
