@@ -176,7 +176,13 @@ class Coordinator:
             if store is None:
                 continue
             meta = store.meta()
-            if meta.input_offset < plan.barrier.get(p, 0):
+            position = meta.input_offset
+            if position < plan.barrier.get(p, 0):
+                # A store copied from a standby carries an older input offset; what the
+                # group committed was applied, and is in the changelog this store restored.
+                tp = TopicPartition(self.engine.topics.events, p)
+                position = max(position, await parts.clients.consumer.committed(tp) or 0)
+            if position < plan.barrier.get(p, 0):
                 continue
             fault_point("before_drained")
             await self.control.append(
@@ -186,7 +192,7 @@ class Coordinator:
                 partition=p,
                 changelog_end=meta.changelog_offset,
             )
-            log.info("repartition_drained", partition=p, input_offset=meta.input_offset)
+            log.info("repartition_drained", partition=p, input_offset=position)
 
     # --- derived ---------------------------------------------------------------------
     def _derive_held(self, plan: Plan) -> None:
