@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -93,10 +92,10 @@ def http_producer(ledger: Ledger, nodes: list[NodeProcess], plural: str) -> None
                         break
                     assert answer.status_code == 503, answer.text
                     assert answer.headers.get("retry-after"), answer.headers
-                    time.sleep(0.05)
+                    ledger.stop.wait(0.05)  # back off as Retry-After asks (pacing only)
             ledger.state[key] = after
             ledger.sent += len(events)
-            time.sleep(0.01)
+            ledger.stop.wait(0.01)  # the load's pace; it synchronises nothing
 
 
 def kafka_producer(ledger: Ledger, brokers: str, topic: str, partitions: int) -> None:
@@ -117,7 +116,7 @@ def kafka_producer(ledger: Ledger, brokers: str, topic: str, partitions: int) ->
                     )
                 ledger.state[key] = after
                 ledger.sent += len(events)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the load's pace; it synchronises nothing
         finally:
             await producer.stop()
 

@@ -562,8 +562,9 @@ def test_pause_waits_for_writes_under_way_and_refuses_new_ones() -> None:
         writer = asyncio.create_task(write())
         await asyncio.wait_for(entered.wait(), timeout=5)
         pausing = asyncio.create_task(gate.pause())
-        for _ in range(5):
-            await asyncio.sleep(0)  # let pause() run as far as it can
+        async with asyncio.timeout(5):  # pause() has refused new writes, and still waits
+            while gate.paused_since is None:
+                await asyncio.sleep(0)
         assert not pausing.done()
         assert gate.paused_since is not None
         with pytest.raises(WritesPausedError, match="paused"):

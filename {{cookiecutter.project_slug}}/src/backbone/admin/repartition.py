@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from backbone.repartition.control import ControlLog, open_control_log
-from backbone.repartition.coordinator import delete_topics
+from backbone.repartition.coordinator import retire as retire_generation
 from backbone.repartition.layout import check_counts
-from backbone.repartition.plan import ABORTED, REQUESTED, RETIRED, Generation, Generations
+from backbone.repartition.plan import ABORTED, REQUESTED, Generation, Generations
 from backbone.repartition.status import describe
 from backbone.settings import EngineSettings
 from backbone.topics import Topics
@@ -113,9 +113,8 @@ async def retire(settings: EngineSettings) -> dict[str, Any]:
         previous = control.state.previous
         if previous is None:
             raise RepartitionError("there is no previous generation to retire")
-        await control.append(previous.target.number, RETIRED, "cli", at=time.time())
-        old = Topics(settings.service, settings.store, previous.source.number)
-        await delete_topics(settings.brokers, [old.events, old.changelog])
+        topics = Topics(settings.service, settings.store)
+        await retire_generation(control, settings.brokers, topics, previous, "cli")
         await control.wait_changed(5.0)
         return describe(control.state)
     finally:

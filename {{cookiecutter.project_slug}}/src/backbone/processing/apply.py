@@ -20,7 +20,6 @@ from backbone.codec import (
     AggregateCodec,
     DecodeError,
     EventCodec,
-    header,
 )
 from backbone.domain import Context, Domain, DomainError, event_type_name
 from backbone.ids import ID_RULE, id_problem
@@ -105,7 +104,7 @@ class BatchApplier(Generic[A]):
                 )
                 continue
             fence, late_fence, aggregate = cache[key]
-            late = _late_offset(record) if record.headers else None
+            late = _late_offset(record.headers)
             if record.offset <= fence or (late is not None and late <= late_fence):
                 # Already applied before a crash (or forwarded twice): applying it again
                 # would count it twice.
@@ -170,10 +169,11 @@ class BatchApplier(Generic[A]):
         return result
 
 
-def _late_offset(record: InputRecord) -> int | None:
-    """The old-topic offset of a late record, None for any other record."""
-    raw = header(record.headers, LATE_HEADER)
-    return None if raw is None else int(raw.rpartition(b"/")[2])
+def _late_offset(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The old-topic offset of a late record (its last header), None for any other."""
+    if not headers or headers[-1][0] != LATE_HEADER:
+        return None
+    return int(headers[-1][1].rpartition(b"/")[2])
 
 
 def _aggregate_id(key: bytes) -> tuple[str, str | None]:

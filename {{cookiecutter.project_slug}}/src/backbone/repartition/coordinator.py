@@ -42,7 +42,7 @@ from backbone.repartition.plan import (
 )
 from backbone.snapshot.checkpoint import create_checkpoint
 from backbone.store.registry import StoreRegistry
-from backbone.topics import changelog_config, ensure_topics
+from backbone.topics import Topics, changelog_config, ensure_topics
 
 if TYPE_CHECKING:
     from backbone.node.engine import Engine
@@ -63,6 +63,7 @@ class Coordinator:
         self.control = control
         self.node = engine.settings.node_id
         self._prepared: set[int] = set()
+        self._cleaned: int | None = None  # the generation whose older stores were removed
         self._derived: set[tuple[int, int]] = set()  # (generation, parent) done here
         self._all_once: float | None = None
         self._pool: ProcessPoolExecutor | None = None
@@ -312,15 +313,14 @@ class Coordinator:
         previous = state.previous
         engine.generations.forward_late(previous, engine.topics, engine.generation, engine.producer)
         if previous is None:
-            self._remove_old_stores(state.current.number)
+            if self._cleaned != state.current.number:  # once per generation, not per step
+                self._remove_old_stores(state.current.number)
+                self._cleaned = state.current.number
             return
         grace = engine.settings.repartition_retire_after_s
         switched = previous.switched_at or time.time()
         if grace >= 0 and time.time() - switched >= grace:
-            await self.control.append(previous.target.number, RETIRED, self.node, at=time.time())
-            old = engine.topics.of(previous.source.number)
-            await delete_topics(engine.settings.brokers, [old.events, old.changelog])
-            log.info("repartition_retired", generation=previous.source.number)
+            await retire(self.control, engine.settings.brokers, engine.topics, previous, self.node)
 
     def _remove_old_stores(self, current: int) -> None:
         s = self.engine.settings
@@ -332,6 +332,17 @@ class Coordinator:
             if name.startswith("g") and name[1:].isdigit() and int(name[1:]) < current:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("repartition_store_retired", path=str(path))
+
+
+async def retire(
+    control: ControlLog, brokers: str, topics: Topics, previous: Plan, who: str
+) -> None:
+    """Record that the previous generation is retired and delete its topics. Every node
+    then deletes its stores when it reads the record."""
+    await control.append(previous.target.number, RETIRED, who, at=time.time())
+    old = topics.of(previous.source.number)
+    await delete_topics(brokers, [old.events, old.changelog])
+    log.info("repartition_retired", generation=previous.source.number)
 
 
 async def delete_topics(brokers: str, names: list[str]) -> None:
