@@ -46,8 +46,28 @@ def post_batch(ledger: Ledger, nodes: list[NodeProcess], count: int) -> None:
             ledger.sent += len(events)
 
 
+def answers(node: NodeProcess) -> bool:
+    try:
+        return httpx.get(f"{node.url}/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_node(service: Service, i: int, faults: dict[str, str] | None) -> NodeProcess:
+    """Node ``i``, answering HTTP. The free port a node is given can be taken by another
+    process before the node binds it (seen in CI): such a node is started again."""
+    for _ in range(3):
+        node = service.node(i, faults=faults).start()
+        try:
+            wait_until(lambda node=node: answers(node), 60, f"node-{i} to answer")
+            return node
+        except TimeoutError:
+            node.kill()
+    raise AssertionError(f"node-{i} never answered on its HTTP port:\n{node.log_tail()}")
+
+
 def start_all(service: Service, faults: dict[str, str] | None) -> list[NodeProcess]:
-    return [service.node(i, faults=faults).start() for i in range(3)]
+    return [start_node(service, i, faults) for i in range(3)]
 
 
 def until_settled(nodes: list[NodeProcess], generation: int, count: int, what: str) -> None:
