@@ -354,6 +354,29 @@ def test_drained_and_derived_are_counted() -> None:
     assert plan.step == DERIVED
 
 
+def test_a_split_derives_only_from_copies_that_hold_all_their_parent_drained() -> None:
+    records = [requested(), barrier(FIRST)] + [drained(p, 50) for p in range(3)]
+    plan = fold(G0, records).plan
+    assert plan is not None
+    # 0 caught up, 1 lags by one record, 2 is ahead, 4 is held but not drained yet.
+    assert plan.derivable({0: 50, 1: 49, 2: 51, 4: 80}) == [0, 2]
+
+
+def test_a_merge_waits_for_every_parent_and_for_copies_here_that_lag() -> None:
+    ends = {p: 50 + p for p in range(6)}
+    plan = fold(G0, [requested(to=3), barrier(ends)] + [drained(p, ends[p]) for p in range(5)]).plan
+    assert plan is not None and not plan.split
+    assert plan.parents(1) == [1, 4]
+    # Child 2 waits: its parent 5 has not drained.
+    assert plan.derivable(ends) == [0, 1]
+    # Child 1 waits while this node's copy of parent 4 lags, even one record behind:
+    # deriving from it would lose that record. Not holding 4 at all is fine (fetched).
+    assert plan.derivable({**ends, 4: ends[4] - 1}) == [0]
+    assert plan.derivable({0: ends[0], 1: ends[1]}) == [0, 1]
+    # Only the holders of a child's first parent derive it.
+    assert plan.derivable({3: ends[3], 4: ends[4]}) == []
+
+
 def test_drained_and_derived_before_the_barrier_are_ignored() -> None:
     state = fold(G0, [requested(), drained(0, 5), derived([0, 6])])
     assert state.plan is not None

@@ -115,8 +115,10 @@ class Coordinator:
         target = engine.topics.of(plan.target.number)
         engine.gate.resume(Target(target.events, plan.target.partitions))
         processor = engine.parts.processor if engine.parts is not None else None
-        if processor is not None:
+        if processor is not None and processor.drain_to is not plan.barrier:
             processor.drain_to = plan.barrier
+            async with processor.lock:
+                pass  # a batch fetched before the barrier was known ends first: drained counts it
         await self._record_drained(plan)
         self._derive_held(plan)
         await self._maybe_switch(plan)
@@ -201,16 +203,13 @@ class Coordinator:
             return
         parts = self.engine.parts
         assert parts is not None
-        todo = []
-        for p, end in sorted(plan.drained.items()):
-            if (plan.target.number, p) in self._derived:
-                continue
+        held = {}
+        for p in range(plan.source.partitions):
             store = parts.partitions.serving(p)
-            if store is None or store.meta().changelog_offset < end:
-                continue
-            if not plan.split and p >= plan.target.partitions:
-                continue  # a merge is gathered by the holders of the first parent
-            todo.append(p)
+            if store is not None:
+                held[p] = store.meta().changelog_offset
+        done = {p for n, p in self._derived if n == plan.target.number}
+        todo = [p for p in plan.derivable(held) if p not in done]
         if todo:
             self._deriving = asyncio.create_task(self._derive(plan, todo), name="derive")
 
@@ -222,25 +221,24 @@ class Coordinator:
         pool = self._executor()
         loop = asyncio.get_running_loop()
         jobs = []
-        for p in parents:
-            parts = engine.parts
-            store = parts.partitions.serving(p) if parts is not None else None
-            if store is None:
-                continue
-            directory, _ = await asyncio.to_thread(create_checkpoint, store, work)
-            sources = [directory]
-            if not plan.split:
-                sources += await self._gather(plan, p, work)
-            kids = plan.children(p)
-            jobs.append((p, kids, sources))
-        fault_point("before_derive")
-        futures = [
-            loop.run_in_executor(
-                pool, derive, sources, root, plan.target.number, plan.target.partitions, kids
-            )
-            for _, kids, sources in jobs
-        ]
         try:
+            for p in parents:
+                parts = engine.parts
+                store = parts.partitions.serving(p) if parts is not None else None
+                if store is None:
+                    continue
+                directory, _ = await asyncio.to_thread(create_checkpoint, store, work)
+                sources = [directory]
+                jobs.append((p, plan.children(p), sources))
+                if not plan.split:
+                    await self._gather(plan, p, work, sources)
+            fault_point("before_derive")
+            futures = [
+                loop.run_in_executor(
+                    pool, derive, sources, root, plan.target.number, plan.target.partitions, kids
+                )
+                for _, kids, sources in jobs
+            ]
             results = await asyncio.gather(*futures)
         finally:
             for _, _, sources in jobs:
@@ -267,26 +265,31 @@ class Coordinator:
                 seconds=round(done.seconds, 3),
             )
 
-    async def _gather(self, plan: Plan, child: int, work: Path) -> list[Path]:
-        """For a merge: checkpoints of the child's other parents, from the nodes that hold
-        them (or from this node's own copies)."""
+    async def _gather(self, plan: Plan, child: int, work: Path, found: list[Path]) -> None:
+        """For a merge: adds to ``found`` checkpoints of the child's other parents, from
+        this node's own copies or from the nodes that hold them."""
         engine = self.engine
         parts = engine.parts
         assert parts is not None
-        found = []
         for parent in plan.parents(child):
             if parent == child:
                 continue
+            end = plan.drained[parent]
             store = parts.partitions.serving(parent)
-            if store is not None:
+            if store is not None and store.meta().changelog_offset >= end:
                 directory, _ = await asyncio.to_thread(create_checkpoint, store, work)
-            else:
-                directory = work / f"gather-{plan.target.number}-{parent}"
-                shutil.rmtree(directory, ignore_errors=True)
-                end = plan.drained[parent]
-                await parts.bootstrapper.bootstrap(parent, directory, 0, end)
-            found.append(directory)
-        return found
+                found.append(directory)
+                continue
+            directory = work / f"gather-{plan.target.number}-{parent}"
+            shutil.rmtree(directory, ignore_errors=True)
+            found.append(directory)  # removed by the caller, whatever happens
+            manifest = await parts.bootstrapper.bootstrap(parent, directory, 0, end)
+            if manifest.changelog_offset < end:
+                raise RuntimeError(
+                    f"the copy of partition {parent} fetched for the merge is at changelog "
+                    f"offset {manifest.changelog_offset}, short of the {end} it drained: "
+                    "fetched again shortly"
+                )
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

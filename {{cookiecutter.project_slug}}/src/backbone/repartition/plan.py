@@ -7,7 +7,7 @@ switch), the first record for it wins, so nodes that race to write it still agre
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,26 @@ class Plan:
         if len(self.drained) < self.source.partitions:
             return DRAINED
         return DERIVED
+
+    def derivable(self, held: Mapping[int, int]) -> list[int]:
+        """The parents a node can derive children from, given the changelog offsets of
+        the copies it holds: each drained parent whose copy here holds all it drained, for
+        a merge only the first of its parents, once the others have drained and this
+        node's copies of them (if any) caught up. A copy that lags must not be derived
+        from: the tail it misses would be lost."""
+        drained = self.drained
+
+        def complete(p: int) -> bool:
+            return p in drained and held.get(p, -1) >= drained[p]
+
+        if self.split:
+            return [p for p in sorted(drained) if complete(p)]
+        return [
+            p
+            for p in range(self.target.partitions)
+            if complete(p)
+            and all(q in drained and (q not in held or complete(q)) for q in self.parents(p))
+        ]
 
     def underived(self) -> list[int]:
         return [c for c in range(self.target.partitions) if not self.derived.get(c)]
