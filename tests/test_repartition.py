@@ -266,9 +266,22 @@ def test_split_then_merge_under_load(bake: Bake, kafka_brokers: str, tmp_path: P
         ]
         wait_until(lambda: min(web_a.sent, web_b.sent, late.sent) > 100, 60, "load to start")
 
+        # A write of generation 0 whose position is presented after the split.
+        body = msgspec.json.encode({"type": "customer_registered", "name": "1", "email": "t@x.io"})
+        posted = httpx.post(f"{nodes[0].url}/{plural}/token-key/events", content=body, timeout=10)
+        assert posted.status_code == 202 and posted.json()["generation"] == 0, posted.text
+
         out = cli(nodes[0], "repartition", "--partitions", "12", "--timeout", "240")
         assert '"generation": 1' in out.splitlines()[-1], out
         wait_until(lambda: settled(nodes, 1, 12), 180, "generation 1 (12 partitions) to settle")
+        for node in nodes:
+            answer = httpx.get(
+                f"{node.url}/{plural}/token-key",
+                params={"position": posted.json()["position"]},
+                timeout=10,
+            )
+            assert answer.status_code == 200 and answer.json()["name"] == "1", answer.text
+            assert answer.headers["x-backbone-generation"] == "1", answer.headers
         sent_after_split = late.sent
         wait_until(lambda: late.sent > sent_after_split + 100, 60, "late records after the switch")
 

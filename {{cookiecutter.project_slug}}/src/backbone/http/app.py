@@ -32,7 +32,7 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
     provider = configure_tracing(settings.service, settings.tracing, settings.node_id)
     engine = Engine(settings, service.domain)
     route_handlers: list[Router] = [
-        aggregate_routes(engine, service.plural),
+        *aggregate_routes(engine, service.plural),
         health_routes(engine),
         admin_routes(engine),
     ]

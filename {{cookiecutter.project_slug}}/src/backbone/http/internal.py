@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
-from litestar import Litestar, Response, get, post
+from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
@@ -35,9 +35,11 @@ from litestar.status_codes import (
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from backbone.http.reads import RETRY, batch_request, batch_response, read_options, read_response
 from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
-from backbone.node.queries import NotOwnedError
+from backbone.node.queries import FORWARDED_HEADER
+from backbone.node.reads import UnavailableError
 from backbone.observability import log_refusals
 from backbone.snapshot import stream_checkpoint
 from backbone.snapshot.bootstrap import COPY_HEADER, OFFSET_HEADER
@@ -99,10 +101,11 @@ def _send_deadline(timeout_s: float) -> Callable[[ASGIApp], ASGIApp]:
 def internal_app(engine: Engine[Any]) -> Litestar:
     streams = asyncio.Semaphore(engine.settings.max_checkpoint_streams)
     workdir = engine.settings.data_dir / "checkpoints"
+    guard = [_token_guard(engine.settings.internal_token)]
 
     @get(
         "/internal/partitions/{partition:int}/checkpoint",
-        guards=[_token_guard(engine.settings.internal_token)],
+        guards=guard,
         middleware=[_send_deadline(engine.settings.checkpoint_send_timeout_s)],
     )
     async def checkpoint(partition: int, scope: Scope, generation: int = 0) -> Stream:
@@ -172,27 +175,55 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             },
         )
 
-    @get(
-        "/internal/aggregates/{aggregate_id:str}",
-        guards=[_token_guard(engine.settings.internal_token)],
-    )
-    async def aggregate(aggregate_id: str, scope: Scope) -> Response[bytes]:
+    @get("/internal/aggregates/{aggregate_id:str}", guards=guard)
+    async def aggregate(
+        aggregate_id: str,
+        scope: Scope,
+        consistency: str = "active",
+        position: str | None = None,
+    ) -> Response[bytes]:
+        """A key from this node's replica (forwarded here by a peer, or asked by an
+        operator): it is not forwarded further."""
         try:
             check_raw_path(scope.get("raw_path"))
             check_id(aggregate_id)
         except InvalidIdError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        level, token = read_options(consistency, position)
+        return await read_response(engine, aggregate_id, level, token, forward=False)
+
+    @post("/internal/aggregates:batchGet", guards=guard, status_code=HTTP_200_OK)
+    async def batch_get(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The ids this node holds a replica of; the others are reported failed."""
+        batch = batch_request(engine, await request.body())
+        return Response(await batch_response(engine, batch, False), media_type="application/json")
+
+    @get("/internal/partitions/{partition:int}/aggregates", guards=guard)
+    async def scan(
+        partition: int, request: Request[Any, Any, Any], after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """A page of one partition's aggregates in key order, from the first key above
+        ``after``; ``next`` is the ``after`` of the next page (null at the end)."""
+        if not 1 <= limit <= 1000:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST, detail="limit must be between 1 and 1000"
+            )
+        if not 0 <= partition < engine.generation.partitions:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST,
+                detail=f"partition must be between 0 and {engine.generation.partitions - 1}",
+            )
+        forward = not request.headers.get(FORWARDED_HEADER)
         try:
-            found = engine.get_local(aggregate_id)
-        except NotOwnedError as exc:
-            raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
-        if found is None:
-            raise NotFoundException(f"no {engine.settings.store} {aggregate_id!r}")
-        return Response(engine.applier.aggregates.to_json(found), media_type="application/json")
+            return await engine.queries.page(partition, after, limit, forward)
+        except UnavailableError as exc:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
+            ) from exc
 
     @post(
         "/internal/partitions/{partition:int}/accept-loss",
-        guards=[_token_guard(engine.settings.internal_token)],
+        guards=guard,
         status_code=HTTP_200_OK,
     )
     async def accept_loss(partition: int) -> dict[str, Any]:
@@ -202,13 +233,13 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         except LookupError as exc:
             raise HTTPException(status_code=HTTP_409_CONFLICT, detail=str(exc)) from exc
 
-    @get("/internal/repartition", guards=[_token_guard(engine.settings.internal_token)])
+    @get("/internal/repartition", guards=guard)
     async def repartition() -> dict[str, Any]:
         """The generation in force, the change under way: its step, progress and blocks."""
         return engine.repartition_status()
 
     return Litestar(
-        route_handlers=[checkpoint, aggregate, accept_loss, repartition],
+        route_handlers=[checkpoint, aggregate, batch_get, scan, accept_loss, repartition],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
         before_send=[log_refusals],

@@ -9,20 +9,28 @@ from typing import Any
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import (
+    HTTP_200_OK,
     HTTP_202_ACCEPTED,
     HTTP_400_BAD_REQUEST,
-    HTTP_404_NOT_FOUND,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.http.reads import (
+    POSITION_HEADER,
+    RETRY,
+    batch_request,
+    batch_response,
+    read_options,
+    read_response,
+)
 from backbone.ids import ID_RULE, InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
-from backbone.node.queries import FORWARDED_HEADER, NotOwnedError
+from backbone.node.queries import FORWARDED_HEADER
 from backbone.readmodel import QueryError, ReadModel
-from backbone.repartition.gate import RETRY_AFTER_S, WritesPausedError
+from backbone.repartition.gate import WritesPausedError
 
 EVENTS_PATH = "/{aggregate_id:str}/events"
 
@@ -74,17 +82,16 @@ def slash_in_id_handler(
     return handle
 
 
-# A 503 of the aggregate routes is brief (a rebalance, a paused write): say when to retry.
-RETRY = {"retry-after": str(RETRY_AFTER_S)}
-
-
-def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
-    """``POST /<plural>/{id}/events`` and ``GET /<plural>/{id}``."""
+def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
+    """``POST /<plural>/{id}/events``, ``GET /<plural>/{id}`` and ``POST /<plural>:batchGet``."""
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
 
     @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
-    async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """Submit one event for the aggregate; it is applied asynchronously (202)."""
+    async def submit_event(
+        aggregate_id: str, request: Request[Any, Any, Any]
+    ) -> Response[dict[str, Any]]:
+        """Submit one event for the aggregate; it is applied asynchronously (202). The
+        answer's ``position`` makes a later GET read this write (read-your-writes)."""
         valid_id(aggregate_id, request)
         body = await request.body()
         try:
@@ -99,41 +106,55 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> Router:
                 f"accepted types: {', '.join(sorted(handled))}",
             )
         try:
-            partition, offset = await engine.submit(aggregate_id, event)
+            position = await engine.submit(aggregate_id, event)
         except WritesPausedError as exc:
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
             ) from exc
-        return {"id": aggregate_id, "type": name, "partition": partition, "offset": offset}
+        return Response(
+            {
+                "id": aggregate_id,
+                "type": name,
+                "generation": position.generation,
+                "partition": position.partition,
+                "offset": position.offset,
+                "position": str(position),
+            },
+            status_code=HTTP_202_ACCEPTED,
+            headers={POSITION_HEADER: str(position)},
+        )
 
     @get("/{aggregate_id:str}")
-    async def get_aggregate(aggregate_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
-        """The aggregate's current state, from the node that owns it."""
+    async def get_aggregate(
+        aggregate_id: str,
+        request: Request[Any, Any, Any],
+        consistency: str = "active",
+        position: str | None = None,
+    ) -> Response[bytes]:
+        """The aggregate's current state. ``consistency=active`` (the default) reads the
+        owner; ``any`` the nearest replica, this node's standby first. With the
+        ``position`` a POST answered, waits until the replica has applied that write
+        (read-your-writes), else 504. Headers say who answered: ``x-backbone-served-by``,
+        ``-role``, ``-partition``, ``-generation``, ``-offset`` and, for a standby, ``-lag``."""
         valid_id(aggregate_id, request)
-        try:
-            aggregate = engine.get_local(aggregate_id)
-        except NotOwnedError as exc:
-            forwarded = None
-            if not request.headers.get(FORWARDED_HEADER):  # one hop only
-                forwarded = await engine.forward_get(aggregate_id)
-            if forwarded is not None and forwarded[0] != HTTP_503_SERVICE_UNAVAILABLE:
-                status, body = forwarded
-                return Response(body, status_code=status, media_type="application/json")
-            held, aggregate = engine.get_frozen(aggregate_id)
-            if not held:
-                raise HTTPException(
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                    detail=f"{exc}, and no other node is known to own it yet: retry shortly",
-                    headers=RETRY,
-                ) from exc
-        if aggregate is None:
-            raise HTTPException(
-                status_code=HTTP_404_NOT_FOUND,
-                detail=f"no {engine.settings.store} {aggregate_id!r}",
-            )
-        return Response(engine.applier.aggregates.to_json(aggregate), media_type="application/json")
+        level, token = read_options(consistency, position)
+        forward = not request.headers.get(FORWARDED_HEADER)  # one hop only
+        return await read_response(engine, aggregate_id, level, token, forward)
 
-    return Router(path=f"/{plural}", route_handlers=[submit_event, get_aggregate])
+    @post(f"/{plural}:batchGet", status_code=HTTP_200_OK)
+    async def batch_get(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Many aggregates at once (``{"ids": [...], "consistency": "active"|"any"}``),
+        asked of their holders in parallel: ``items`` by id, ``missing`` ids (no such
+        aggregate) and ``failed`` ids with the reason."""
+        batch = batch_request(engine, await request.body())
+        forward = not request.headers.get(FORWARDED_HEADER)
+        body = await batch_response(engine, batch, forward)
+        return Response(body, media_type="application/json")
+
+    return [
+        Router(path=f"/{plural}", route_handlers=[submit_event, get_aggregate]),
+        Router(path="/", route_handlers=[batch_get]),
+    ]
 
 
 def health_routes(engine: Engine[Any]) -> Router:

@@ -32,7 +32,9 @@ from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
 from backbone.node.peers import GroupPeers
 from backbone.node.ports import NodePorts
-from backbone.node.queries import NotOwnedError, Queries, submit_event
+from backbone.node.positions import Position
+from backbone.node.queries import Queries, submit_event
+from backbone.node.reads import LocalReads, UnavailableError
 from backbone.node.status import assignment_view, node_status
 from backbone.node.tls import client_tls
 from backbone.processing.apply import BatchApplier
@@ -49,7 +51,7 @@ from backbone.topics import Topics, changelog_config, ensure_topics
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
 
-__all__ = ["Engine", "NotOwnedError"]
+__all__ = ["Engine"]
 
 # A part that does not stop within this is left behind, so that a node still switches
 # generations or shuts down.
@@ -172,15 +174,18 @@ class Engine(Generic[A]):
         # Gaps and supersessions go straight to the partition they concern.
         clients.reader.on_gap = partitions.changelog_gap
         writer.on_superseded = partitions.superseded
-        queries = Queries(
+        local = LocalReads(
             self.applier,
             partitions,
-            self.generation.partitions,
-            clients.routing,
-            clients.http,
+            clients.reader,
+            self.generation,
             s.node_id,
-            s.internal_url,
-            s.internal_token,
+            s.store,
+            lambda: self.generations.previous,
+            lambda: self.generations.frozen,
+        )
+        queries = Queries(
+            local, clients.routing, clients.http, s.zone, s.internal_url, s.internal_token
         )
         return Parts(clients, assignor, processor, bootstrapper, partitions, queries)
 
@@ -189,7 +194,9 @@ class Engine(Generic[A]):
         producer = self._producer = make_producer(s)
         await producer.start()
         self._use(await self.generations.start(producer))
-        self.gate.resume(Target(self.topics.events, self.generation.partitions))
+        self.gate.resume(
+            Target(self.topics.events, self.generation.partitions, self.generation.number)
+        )
         for leftover in ("incoming", "checkpoints"):
             # Half-received or half-served checkpoints of a process that was killed.
             shutil.rmtree(s.data_dir / leftover, ignore_errors=True)
@@ -350,26 +357,13 @@ class Engine(Generic[A]):
         begin, _ = await self.parts.clients.reader.bounds(partition)
         return offset >= begin
 
-    def get_local(self, aggregate_id: str) -> A | None:
+    @property
+    def queries(self) -> Queries[A]:
         if self.parts is None:
-            raise NotOwnedError("this node is switching generations")
-        return self.parts.queries.get_local(aggregate_id)
+            raise UnavailableError("this node is switching generations")
+        return self.parts.queries
 
-    def get_frozen(self, aggregate_id: str) -> tuple[bool, A | None]:
-        """Right after a switch, when no owner answers yet: (whether the previous
-        generation's store here holds the key, its value as of the barrier)."""
-        frozen = self.generations.frozen
-        if frozen is None:
-            return False, None
-        held, raw = frozen.lookup(aggregate_id.encode())
-        return held, None if raw is None else self.applier.aggregates.decode(raw)[1]
-
-    async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
-        if self.parts is None:
-            return None
-        return await self.parts.queries.forward_get(aggregate_id)
-
-    async def submit(self, aggregate_id: str, event: Event) -> tuple[int, int]:
+    async def submit(self, aggregate_id: str, event: Event) -> Position:
         return await submit_event(self.applier, self.gate, self.producer, aggregate_id, event)
 
     def repartition_status(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class NodeGenerations:
 
     def changelog_sources(self, topics: Topics, current: Generation) -> list[ChangelogSource]:
         """The changelogs a read model follows, oldest first (backbone.readmodel)."""
-        previous = None if self.control is None else self.control.state.previous
+        previous = self.previous
         if previous is None:
             return [ChangelogSource(topics.changelog, current.partitions)]
         return [
@@ -83,6 +83,11 @@ class NodeGenerations:
             ),
             ChangelogSource(topics.changelog, current.partitions, FIRST_CHANGELOG_OFFSET),
         ]
+
+    @property
+    def previous(self) -> Plan | None:
+        """The plan that made the current generation, until it is retired."""
+        return None if self.control is None else self.control.state.previous
 
     def late_records(self) -> int:
         return 0 if self.late is None else self.late.forwarded

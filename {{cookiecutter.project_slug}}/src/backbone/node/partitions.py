@@ -100,6 +100,15 @@ class PartitionSet:
         held = self.held.get(p)
         return self.stores.get(p) if held is not None and held.ready else None
 
+    def replica(self, p: int, standby_too: bool) -> tuple[PartitionStore, Role] | None:
+        """The store of a ready partition and this node's role for it; a standby only if
+        ``standby_too``."""
+        held = self.held.get(p)
+        if held is None or not held.ready or (held.role is Role.STANDBY and not standby_too):
+            return None
+        store = self.stores.get(p)
+        return None if store is None else (store, held.role)
+
     def active_store(self, p: int) -> PartitionStore | None:
         held = self.held.get(p)
         if held is None or held.role is not Role.ACTIVE or not held.ready:

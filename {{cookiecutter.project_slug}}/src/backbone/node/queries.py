@@ -1,9 +1,12 @@
-"""Reads and writes of one aggregate: served from a local active store, forwarded to the
-node that owns the key, or submitted to the events topic."""
+"""Queries as a distributed database: a key is answered by this node's replica, or by the
+replica the routing view names (the owner for ``active``, the nearest holder for ``any``),
+many keys are fanned out by holder in parallel, and writes are submitted to the events
+topic with the position a read-your-writes GET can present."""
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import asyncio
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -13,8 +16,17 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import propagate, trace
 
 from backbone.domain import Event
-from backbone.node.partitions import PartitionSet
-from backbone.node.routing import RoutingTable
+from backbone.node.positions import Position
+from backbone.node.reads import (
+    ACTIVE,
+    ANSWER_HEADERS,
+    ANY,
+    Answer,
+    LocalReads,
+    NotReachedError,
+    UnavailableError,
+)
+from backbone.node.routing import Replica, RoutingTable
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier
 from backbone.repartition.gate import WriteGate
@@ -26,64 +38,169 @@ tracer = trace.get_tracer("backbone.node.queries")
 FORWARDED_HEADER = "x-backbone-forwarded-by"
 
 
-class NotOwnedError(LookupError):
-    """The partition of this key is not active on this node."""
+class BatchReply(msgspec.Struct):
+    items: dict[str, msgspec.Raw] = {}
+    missing: list[str] = []
+    failed: dict[str, str] = {}
 
 
 class Queries(Generic[A]):
     def __init__(
         self,
-        applier: BatchApplier[A],
-        partitions: PartitionSet,
-        count: int,
+        local: LocalReads[A],
         routing: RoutingTable,
         http: httpx.AsyncClient,
-        node_id: str,
+        zone: str,
         internal_url: str,
         token: str,
     ) -> None:
-        self.applier = applier
-        self.partitions = partitions
-        self.count = count
+        self.local = local
         self.routing = routing
         self.http = http
-        self.node_id = node_id
+        self.zone = zone
         self.internal_url = internal_url
-        self.token = token
+        self.auth = {"authorization": f"Bearer {token}", FORWARDED_HEADER: local.node_id}
 
-    def partition_of(self, aggregate_id: str) -> int:
-        return partition_for(aggregate_id.encode(), self.count)
+    def replicas(self, partition: int, consistency: str) -> list[Replica]:
+        """Other nodes to ask: the owner; for ``any`` every holder, nearest first."""
+        routes = self.routing.routes
+        active = routes.active.get(partition)
+        ranked: list[tuple[int, int, Replica]] = []
+        if active is not None:
+            ranked.append((0 if active.zone == self.zone else 2, 1, active))
+        if consistency == ANY:
+            for replica in routes.standbys.get(partition, []):
+                ranked.append((0 if replica.zone == self.zone else 2, 0, replica))
+        ordered = [r for *_, r in sorted(ranked, key=lambda t: t[:2])]
+        return [r for r in ordered if r.endpoint and r.endpoint != self.internal_url]
 
-    def get_local(self, aggregate_id: str) -> A | None:
-        """The aggregate from the local store; NotOwnedError when this node lacks it."""
-        partition = self.partition_of(aggregate_id)
-        store = self.partitions.active_store(partition)
-        if store is None:
-            raise NotOwnedError(f"partition {partition} is not active on this node")
-        raw = store.get(aggregate_id.encode())
-        if raw is None:
-            return None
-        _, aggregate = self.applier.aggregates.decode(raw)
-        return aggregate
-
-    async def forward_get(self, aggregate_id: str) -> tuple[int, bytes] | None:
-        """Ask the node that owns the key; None when no other node is known to own it."""
-        owner = self.routing.owner(self.partition_of(aggregate_id))
-        if owner is None or owner.endpoint == self.internal_url:
-            self.routing.refresh_soon()
-            return None
-        try:
-            response = await self.http.get(
-                f"{owner.endpoint}/internal/aggregates/{quote(aggregate_id, safe='')}",
-                headers={"authorization": f"Bearer {self.token}", FORWARDED_HEADER: self.node_id},
+    async def read(
+        self,
+        aggregate_id: str,
+        consistency: str,
+        position: Position | None,
+        deadline: float,
+        forward: bool,
+    ) -> Answer:
+        """Raises ValueError (bad request), UnavailableError, NotReachedError."""
+        local = self.local
+        local.check(aggregate_id, position)
+        if position is not None and position.generation > local.generation.number:
+            raise UnavailableError(
+                f"position {position} is of generation {position.generation}; this node is "
+                f"still at generation {local.generation.number}"
             )
-        except httpx.HTTPError as exc:
-            log.warning("forward_failed", owner=owner.endpoint, error=str(exc))
+        answer = await local.read(aggregate_id, consistency, position, deadline)
+        if answer is not None:
+            return answer
+        if forward:
+            answer = await self._forward(aggregate_id, consistency, position, deadline)
+            if answer is not None:
+                return answer
+        answer = local.read_frozen(aggregate_id, position)
+        if answer is not None:
+            return answer
+        partition = local.partition_of(aggregate_id)
+        role = "active" if consistency == ACTIVE else "ready"
+        raise UnavailableError(
+            f"partition {partition} is not {role} on this node, and no other node that holds "
+            "it answered (it is moving, or a rebalance is under way)"
+        )
+
+    async def _forward(
+        self, aggregate_id: str, consistency: str, position: Position | None, deadline: float
+    ) -> Answer | None:
+        loop = asyncio.get_running_loop()
+        params = {"consistency": consistency}
+        if position is not None:
+            params["position"] = str(position)
+        path = f"/internal/aggregates/{quote(aggregate_id, safe='')}"
+        for replica in self.replicas(self.local.partition_of(aggregate_id), consistency):
+            try:
+                response = await self.http.get(
+                    replica.endpoint + path,
+                    params=params,
+                    headers=self.auth,
+                    timeout=max(deadline - loop.time(), 0) + 2.0,
+                )
+            except httpx.HTTPError as exc:
+                log.warning("forward_failed", to=replica.endpoint, error=str(exc))
+                continue
+            if response.status_code in (200, 404, 504):
+                headers = {k: v for k in ANSWER_HEADERS if (v := response.headers.get(k))}
+                if response.status_code == 504:
+                    raise NotReachedError(response.json().get("detail", "position not reached"))
+                return Answer(response.status_code, response.content, headers)
+            if response.status_code == 400:
+                raise ValueError(response.json().get("detail", "refused"))
+        self.routing.refresh_soon()
+        return None
+
+    async def batch_get(self, ids: list[str], consistency: str, forward: bool) -> BatchReply:
+        """Every id's value, or why not; the ids held elsewhere are asked of their holders,
+        one request per node, all at once."""
+        found, missing, elsewhere = self.local.read_many(ids, consistency)
+        reply = BatchReply(found, missing, {})
+        if not elsewhere:
+            return reply
+        if not forward:
+            node = self.local.node_id
+            reply.failed = {i: f"its partition is not held on {node}" for i in elsewhere}
+            return reply
+        by_node: dict[str, list[str]] = {}
+        for aggregate_id in elsewhere:
+            replicas = self.replicas(self.local.partition_of(aggregate_id), consistency)
+            if not replicas:
+                reply.failed[aggregate_id] = "no node is known to hold its partition: retry"
+                continue
+            by_node.setdefault(replicas[0].endpoint, []).append(aggregate_id)
+        answers = await asyncio.gather(
+            *(self._batch_from(url, wanted, consistency) for url, wanted in by_node.items())
+        )
+        for answer in answers:
+            reply.items.update(answer.items)
+            reply.missing.extend(answer.missing)
+            reply.failed.update(answer.failed)
+        return reply
+
+    async def _batch_from(self, url: str, ids: list[str], consistency: str) -> BatchReply:
+        try:
+            response = await self.http.post(
+                f"{url}/internal/aggregates:batchGet",
+                content=msgspec.json.encode({"ids": ids, "consistency": consistency}),
+                headers={**self.auth, "content-type": "application/json"},
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
+            return msgspec.json.decode(response.content, type=BatchReply)
+        except Exception as exc:
             self.routing.refresh_soon()
-            return None
-        if response.status_code == 503:
-            self.routing.refresh_soon()  # the owner moved since the last refresh
-        return response.status_code, response.content
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return BatchReply(failed={i: reason for i in ids})
+
+    async def page(
+        self, partition: int, after: str | None, limit: int, forward: bool
+    ) -> dict[str, Any]:
+        try:
+            return self.local.page(partition, after, limit)
+        except UnavailableError:
+            if not forward:
+                raise
+        for replica in self.replicas(partition, ANY):
+            params: dict[str, Any] = {"limit": limit}
+            if after is not None:
+                params["after"] = after
+            try:
+                response = await self.http.get(
+                    f"{replica.endpoint}/internal/partitions/{partition}/aggregates",
+                    params=params,
+                    headers=self.auth,
+                )
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                return dict(response.json())
+        raise UnavailableError(f"no node that holds partition {partition} answered: retry")
 
 
 async def submit_event(
@@ -92,9 +209,9 @@ async def submit_event(
     producer: AIOKafkaProducer,
     aggregate_id: str,
     event: Event,
-) -> tuple[int, int]:
+) -> Position:
     """Produce ``event`` for ``aggregate_id`` to the generation's input that the write gate
-    names; returns (partition, offset) once acked. WritesPausedError while it is paused."""
+    names; returns its position once acked. WritesPausedError while it is paused."""
     value, headers = applier.events.encode(event)
     key = aggregate_id.encode()
     async with gate.writing() as target:
@@ -116,4 +233,4 @@ async def submit_event(
                 partition=metadata.partition,
                 offset=metadata.offset,
             )
-    return metadata.partition, metadata.offset
+    return Position(target.generation, metadata.partition, metadata.offset)

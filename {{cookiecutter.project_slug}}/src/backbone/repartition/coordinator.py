@@ -105,7 +105,9 @@ class Coordinator:
                 drained = state.previous.drained if state.previous is not None else {}
                 await engine.switch(state.current, drained)
                 fault_point("after_switch")
-            engine.gate.resume(Target(engine.topics.events, engine.generation.partitions))
+            engine.gate.resume(
+                Target(engine.topics.events, engine.generation.partitions, engine.generation.number)
+            )
             await self._retire(state)
             return
         await self._prepare(plan)
@@ -113,7 +115,7 @@ class Coordinator:
             await self._pause(plan)
             return
         target = engine.topics.of(plan.target.number)
-        engine.gate.resume(Target(target.events, plan.target.partitions))
+        engine.gate.resume(Target(target.events, plan.target.partitions, plan.target.number))
         processor = engine.parts.processor if engine.parts is not None else None
         if processor is not None and processor.drain_to is not plan.barrier:
             processor.drain_to = plan.barrier

@@ -28,6 +28,7 @@ class WritesPausedError(RuntimeError):
 class Target:
     topic: str
     partitions: int
+    generation: int = 0  # what a write's position names
 
 
 class WriteGate:

@@ -243,6 +243,17 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             note="1 day",
         ),
     ] = 86_400
+    read_your_writes_timeout_ms: Annotated[
+        int,
+        _setting(
+            "how long a GET that presents a write's `position` waits for the serving replica to "
+            "apply it; then 504",
+            ge=1,
+        ),
+    ] = 5_000
+    batch_get_max_ids: Annotated[
+        int, _setting("most ids one `POST /<plural>:batchGet` may ask for; more get 400", ge=1)
+    ] = 1_000
     max_batch_records: Annotated[
         int, _setting("most input records fetched per batch, all partitions together", ge=1)
     ] = 100_000

@@ -110,6 +110,17 @@ class PartitionStore:
         for key, value in self._db.items():
             yield cast(bytes, key), cast(bytes, value)
 
+    def page(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` items in key order, from the first key above ``after``."""
+        found: list[tuple[bytes, bytes]] = []
+        for key, value in self._db.items(from_key=after):
+            if key == after:
+                continue
+            found.append((cast(bytes, key), cast(bytes, value)))
+            if len(found) == limit:
+                break
+        return found
+
     def close(self) -> None:
         del self._meta
         del self._meta_cf
