@@ -521,9 +521,6 @@ class StubEngine:
     def held_store(self, partition: int) -> PartitionStore | None:
         return self.store if partition == PARTITION else None
 
-    def get_local(self, aggregate_id: str) -> None:
-        return None
-
 
 def engine_settings(data_dir: Path) -> EngineSettings:
     return EngineSettings(
