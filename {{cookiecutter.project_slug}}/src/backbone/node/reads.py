@@ -145,7 +145,7 @@ class LocalReads(Generic[A]):
             ROLE: role.value,
             PARTITION: str(partition),
             GENERATION: str(self.generation.number),
-            OFFSET: str(store.meta().changelog_offset),
+            OFFSET: str(store.changelog_offset()),
         }
         if role is Role.STANDBY:
             lag = self.reader.standby_lag().get(partition)
@@ -225,7 +225,7 @@ class LocalReads(Generic[A]):
             "generation": self.generation.number,
             "node": self.node_id,
             "role": role.value,
-            "changelog_offset": store.meta().changelog_offset,
+            "changelog_offset": store.changelog_offset(),
             "items": items,
             "next": items[-1]["id"] if len(items) == limit else None,
         }

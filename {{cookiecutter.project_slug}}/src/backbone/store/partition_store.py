@@ -69,6 +69,10 @@ class PartitionStore:
         raw = self._meta.get(name)
         return None if raw is None else int(_INT.unpack(raw)[0])
 
+    def changelog_offset(self) -> int:
+        """``meta().changelog_offset`` alone, for the read path."""
+        return self._meta_int(CHANGELOG_OFFSET) or 0
+
     def meta(self) -> Meta:
         return Meta(
             changelog_offset=self._meta_int(CHANGELOG_OFFSET) or 0,
