@@ -6,8 +6,12 @@ ConsumerProtocolMemberMetadata, reporting the previous generation's tasks and th
 offsets of its stores; the leader's ``assign()`` runs on the decoded metadata, and every
 member's ConsumerProtocolMemberAssignment is encoded into one SyncGroup request (v3), as the
 leader sends it. Compared with the naive layout where each member's user_data also carries
-the whole partition -> (active endpoint, standby endpoints) map. No Kafka needed.
-Prints one JSON line.
+the whole partition -> (active endpoint, standby endpoints) map.
+
+The leader also publishes the routing view of its plan to the routing topic, which every
+node reads once per rebalance: ``routing_view_bytes`` is its encoded size (the record's
+value), ``routing_view_raw_bytes`` its size before zlib. No Kafka needed. Prints one JSON
+line.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import msgspec
 from aiokafka.coordinator.protocol import ConsumerProtocol, ConsumerProtocolMemberAssignment
 from aiokafka.protocol.group import SyncGroupRequest, SyncGroupRequest_v3
 
-from backbone.assignment import BackboneAssignor, MemberInfo, plan
+from backbone.assignment import BackboneAssignor, MemberInfo, RoutingView, plan
 from backbone.assignment.protocol import decode_assignment
+from backbone.assignment.view import decode_view, encode_view
 
 from _common import machine
 
@@ -83,6 +88,42 @@ def previous_generation(members: list[Member], partitions: int, standbys: int) -
         m.offsets.update({p: head[p] - rng.randrange(0, 500) for p in replicas})
 
 
+def joined_group(
+    nodes: int, processes: int, zones: int, partitions: int, standbys: int
+) -> tuple[list[Member], dict[str, BackboneAssignor], dict[str, bytes], dict[str, Any]]:
+    """Members settled in a previous generation, and their JoinGroup metadata (encoded as
+    aiokafka sends it, decoded as the leader reads it)."""
+    members = [Member(n, k, zones) for n in range(nodes) for k in range(processes)]
+    previous_generation(members, partitions, standbys)
+    assignors = {m.member_id: m.assignor(standbys) for m in members}
+    join = {mid: a.metadata({TOPIC}).encode() for mid, a in assignors.items()}
+    joined = {mid: ConsumerProtocol.METADATA.decode(data) for mid, data in join.items()}
+    return members, assignors, join, joined
+
+
+def leader_view(
+    leader: BackboneAssignor, partitions: int, joined: dict[str, Any]
+) -> tuple[dict[str, Any], RoutingView]:
+    """The leader's assignment and the routing view it publishes (generation 7)."""
+    published: list[RoutingView] = []
+    leader.publish, leader.group_generation = published.append, lambda: 7
+    result = leader.assign(Cluster(partitions), joined)
+    return result, published[0]
+
+
+def routing_view_bytes(
+    members: int = 1_200, partitions: int = 3_600, standbys: int = 2, zones: int = 3
+) -> int:
+    """Bytes of the routing view (the record every node reads per rebalance) for
+    ``members`` members, 3 per node, in ``zones`` zones."""
+    processes = 3 if members % 3 == 0 else 1
+    _, assignors, _, joined = joined_group(
+        members // processes, processes, zones, partitions, standbys
+    )
+    _, view = leader_view(next(iter(assignors.values())), partitions, joined)
+    return len(encode_view(view))
+
+
 def sync_request(assignments: list[tuple[str, bytes]], leader: str) -> bytes:
     # static membership (group_instance_id), as the service's consumer runs
     request = SyncGroupRequest(GROUP, 7, leader, f"{GROUP}-node-000", assignments)
@@ -98,18 +139,21 @@ def main() -> None:
     parser.add_argument("--standbys", type=int, default=2)
     args = parser.parse_args()
 
-    members = [Member(n, k, args.zones) for n in range(args.nodes) for k in range(args.processes)]
-    previous_generation(members, args.partitions, args.standbys)
-    assignors = {m.member_id: m.assignor(args.standbys) for m in members}
-    # JoinGroup: each member's metadata, as aiokafka encodes it and the leader decodes it
-    join = {mid: a.metadata({TOPIC}).encode() for mid, a in assignors.items()}
-    joined = {mid: ConsumerProtocol.METADATA.decode(data) for mid, data in join.items()}
+    members, assignors, join, joined = joined_group(
+        args.nodes, args.processes, args.zones, args.partitions, args.standbys
+    )
     leader_id = members[0].member_id
     leader = assignors[leader_id]
 
     started = time.perf_counter()
-    result = leader.assign(Cluster(args.partitions), joined)
+    result, view = leader_view(leader, args.partitions, joined)
     assign_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    view_bytes = encode_view(view)
+    view_encode_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    assert decode_view(view_bytes) == view
+    view_decode_seconds = time.perf_counter() - started
     started = time.perf_counter()
     encoded = [(mid, a.encode()) for mid, a in result.items()]
     sync = sync_request(encoded, leader_id)
@@ -181,6 +225,10 @@ def main() -> None:
         "failover_assign_seconds": round(failover_seconds, 3),
         "failover_moved_actives": failover_moved,
         "failover_zone_conflicts": after.zone_conflicts,
+        "routing_view_bytes": len(view_bytes),
+        "routing_view_raw_bytes": len(msgspec.msgpack.encode(view)),
+        "routing_view_encode_seconds": round(view_encode_seconds, 3),
+        "routing_view_decode_seconds": round(view_decode_seconds, 3),
         "targets_met": len(sync) <= MIB and assign_seconds < 2.0,
         **machine(),
     }

@@ -20,7 +20,6 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
-from aiokafka.protocol.admin import DescribeGroupsResponse_v0
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +30,6 @@ from backbone.assignment import (
     MemberMetadata,
     Plan,
     decode_assignment,
-    decode_member,
     decode_metadata,
     encode_assignment,
     encode_metadata,
@@ -520,28 +518,6 @@ def test_assignment_round_trip() -> None:
         standbys=[2, 5], unmet=["zones: 1 zone for 2 replicas per partition"]
     )
     assert decode_assignment(b"") == AssignmentData()
-
-
-def test_decode_member_from_group_description_bytes() -> None:
-    metadata = ConsumerProtocolMemberMetadata(
-        0, ["svc.events"], encode_metadata("n1", "zb", "http://n1:8000", {4: 9}, [4], [])
-    ).encode()
-    assignment = ConsumerProtocolMemberAssignment(
-        0, [("svc.events", [4, 1])], encode_assignment([7], ["x"])
-    ).encode()
-    # as the broker answers DescribeGroups, through aiokafka's decoding
-    response = DescribeGroupsResponse_v0(
-        [(0, "g", "Stable", "consumer", "backbone", [("m-1", "c", "/h", metadata, assignment)])]
-    )
-    decoded = DescribeGroupsResponse_v0.decode(response.encode()).to_object()
-    member = decoded["groups"][0]["members"][0]
-    meta, actives, standbys, unmet = decode_member(
-        member["member_metadata"], member["member_assignment"]
-    )
-    assert (meta.node, meta.zone, meta.endpoint) == ("n1", "zb", "http://n1:8000")
-    assert (actives, standbys, unmet) == ([1, 4], [7], ["x"])
-    # a member caught mid-rebalance has no assignment yet
-    assert decode_member(metadata, b"")[1:] == ([], [], [])
 
 
 # ---------------------------------------------------------------- assignor

@@ -42,6 +42,12 @@ class Topics:
         return f"{self.service}.out"
 
     @property
+    def routing(self) -> str:
+        """One partition, compacted, shared by every generation: the leader's routing view
+        of each generation's group, keyed by the group's name (``backbone.assignment.view``)."""
+        return f"{self.service}.routing"
+
+    @property
     def group(self) -> str:
         return f"{self.service}{self._suffix}"
 
@@ -52,6 +58,15 @@ class Topics:
 
     def of(self, generation: int) -> Topics:
         return Topics(self.service, self.store, generation)
+
+
+# Compacted soon: a node that starts reads every record still in the log.
+ROUTING_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3_600_000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": str(8 * 1024 * 1024),
+}
 
 
 def changelog_config(retention_ms: int, retention_bytes: int, segment_ms: int) -> dict[str, str]:
@@ -75,17 +90,19 @@ async def ensure_topics(
 ) -> None:
     """Create missing topics; refuse to run when an input or changelog has another
     partition count. The dead-letter topic grows to ``partitions`` (its records keep their
-    input's partition); the output topic is keyed and left as it is."""
+    input's partition); the output topic is keyed and left as it is; the routing topic has
+    one partition."""
     wanted = {
-        topics.events: {},
-        topics.changelog: changelog_config,
-        topics.dlq: {},
-        topics.out: {},
+        topics.events: (partitions, {}),
+        topics.changelog: (partitions, changelog_config),
+        topics.dlq: (partitions, {}),
+        topics.out: (partitions, {}),
+        topics.routing: (1, ROUTING_CONFIG),
     }
     existing = set(await admin.list_topics())
     missing = [
-        NewTopic(name, partitions, replication, topic_configs=config)
-        for name, config in wanted.items()
+        NewTopic(name, count, replication, topic_configs=config)
+        for name, (count, config) in wanted.items()
         if name not in existing
     ]
     if missing:

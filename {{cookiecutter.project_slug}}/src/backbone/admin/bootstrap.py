@@ -35,7 +35,7 @@ async def bootstrap_offline(
     stores.close(partition)
     topics = Topics(settings.service, settings.store, generation.number)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers)
-    routing = RoutingTable(settings.brokers, topics.group)
+    routing = RoutingTable(settings.brokers, topics.group, topics.routing)
     await consumer.start()
     await routing.start()
     try:

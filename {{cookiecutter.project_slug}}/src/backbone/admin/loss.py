@@ -27,9 +27,8 @@ async def accept_loss(
     if not 0 <= partition < count:
         raise ValueError(f"partition {partition} does not exist: use 0..{count - 1}")
     if node_url is None:
-        routing = RoutingTable(
-            settings.brokers, Topics(settings.service, "", generation.number).group
-        )
+        topics = Topics(settings.service, "", generation.number)
+        routing = RoutingTable(settings.brokers, topics.group, topics.routing)
         await routing.start()
         try:
             await routing.refresh()

@@ -6,10 +6,17 @@ from backbone.assignment.protocol import (
     AssignmentData,
     MemberMetadata,
     decode_assignment,
-    decode_member,
     decode_metadata,
     encode_assignment,
     encode_metadata,
+)
+from backbone.assignment.view import (
+    RoutingView,
+    RoutingViewError,
+    ViewMember,
+    build_view,
+    decode_view,
+    encode_view,
 )
 
 __all__ = [
@@ -18,10 +25,15 @@ __all__ = [
     "MemberInfo",
     "MemberMetadata",
     "Plan",
+    "RoutingView",
+    "RoutingViewError",
+    "ViewMember",
+    "build_view",
     "decode_assignment",
-    "decode_member",
     "decode_metadata",
+    "decode_view",
     "encode_assignment",
     "encode_metadata",
+    "encode_view",
     "plan",
 ]

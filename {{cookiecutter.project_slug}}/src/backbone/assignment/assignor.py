@@ -5,7 +5,9 @@ aiokafka (0.14) uses the object passed in ``partition_assignment_strategy`` as i
 - ``metadata(topics)`` on every member before each JoinGroup: this member's node, zone,
   endpoint, the changelog offsets of its local stores and what it owned last group generation;
 - ``assign(cluster, members)`` on the elected leader only, with every member's decoded
-  ``ConsumerProtocolMemberMetadata``; its result is sent in one SyncGroup request;
+  ``ConsumerProtocolMemberMetadata``; its result is sent in one SyncGroup request, and the
+  routing view of the plan (``backbone.assignment.view``) goes to ``publish``, which the
+  node wires to its routing topic;
 - ``on_assignment(assignment)`` on every member once SyncGroup answers, before the
   rebalance listener's ``on_partitions_assigned``: the standbys are read there.
 """
@@ -33,10 +35,12 @@ from backbone.assignment.protocol import (
     encode_assignment,
     encode_metadata,
 )
+from backbone.assignment.view import RoutingView, build_view
 
 log = structlog.get_logger(__name__)
 
 LocalState = Callable[[], tuple[Mapping[int, int], AbstractSet[int], AbstractSet[int]]]
+Publish = Callable[[RoutingView], None]
 
 
 class Cluster(Protocol):
@@ -52,6 +56,10 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     active here, partitions standby here). It is called at each join, after aiokafka has
     revoked the partitions, so the assignor adds what it received in the last group generation
     itself: a caller that empties its sets on revocation loses no stickiness.
+
+    ``publish`` (none by default) receives the routing view of each plan, stamped with
+    ``group_generation()``, the Kafka group generation being assigned. It must not block:
+    ``assign`` is synchronous and runs inside aiokafka's join.
     """
 
     name = "backbone"
@@ -66,6 +74,8 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         standby_replicas: int,
         local_state: LocalState,
         acceptable_lag: int = 10_000,
+        publish: Publish | None = None,
+        group_generation: Callable[[], int] = lambda: -1,
     ) -> None:
         if standby_replicas < 0:
             raise ValueError("standby_replicas must be >= 0")
@@ -75,6 +85,8 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.standby_replicas = standby_replicas
         self.local_state = local_state
         self.acceptable_lag = acceptable_lag
+        self.publish = publish
+        self.group_generation = group_generation
         # This member's assignment in the current group generation (set by on_assignment).
         self.actives: frozenset[int] = frozenset()
         self.standbys: frozenset[int] = frozenset()
@@ -100,9 +112,15 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         topic = topics[0]
         started = time.perf_counter()
         partitions = len(cluster.partitions_for_topic(topic) or ())  # numbered 0..n-1
-        infos = [self._member_info(mid, meta) for mid, meta in members.items()]
+        decoded = {mid: self._metadata(mid, meta) for mid, meta in members.items()}
+        infos = [self._member_info(mid, data) for mid, data in decoded.items()]
         result = plan(infos, partitions, self.standby_replicas, self.acceptable_lag)
         self.last_plan = result
+        if self.publish is not None:
+            try:
+                self.publish(build_view(self.group_generation(), partitions, decoded, result))
+            except Exception as exc:  # the group's assignment must go out regardless
+                log.warning("routing_view_not_published", error=str(exc))
         assignments: dict[str, ConsumerProtocolMemberAssignment] = {}
         for member_id in members:
             actives = result.actives[member_id]
@@ -143,12 +161,16 @@ class BackboneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.standbys = frozenset(data.standbys) - self.actives
         self.unmet = list(data.unmet)
 
-    def _member_info(self, member_id: str, meta: ConsumerProtocolMemberMetadata) -> MemberInfo:
+    @staticmethod
+    def _metadata(member_id: str, meta: ConsumerProtocolMemberMetadata) -> MemberMetadata:
         try:
-            data = decode_metadata(meta.user_data)
+            return decode_metadata(meta.user_data)
         except msgspec.DecodeError as exc:
             log.warning("member_metadata_unreadable", member_id=member_id, error=str(exc))
-            data = MemberMetadata()
+            return MemberMetadata()
+
+    @staticmethod
+    def _member_info(member_id: str, data: MemberMetadata) -> MemberInfo:
         return MemberInfo(
             member_id=member_id,
             # A member that names no node shares it with nobody.

@@ -6,8 +6,8 @@ runs, where it answers HTTP, what state it holds and what it owned in the last g
 Assignment (SyncGroup): each member's ``user_data`` is an :class:`AssignmentData` holding its
 own standbys and the short list of constraints the leader gave up, nothing about other
 members, so the SyncGroup request grows with the members' own tasks, not with the cluster.
-The routing map every node needs is read back from the group's description (DescribeGroups
-lists every member's metadata and assignment): see :func:`decode_member`.
+The routing map every node needs is published by the leader to the routing topic instead:
+see :mod:`backbone.assignment.view`.
 
 Unknown fields are ignored on decoding, so a newer member may add fields (and bump
 ``version``) without breaking an older leader.
@@ -18,10 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import msgspec
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
 
 PROTOCOL_VERSION = 1
 
@@ -100,24 +96,3 @@ def decode_assignment(data: bytes | None) -> AssignmentData:
     if not data:
         return AssignmentData()
     return _assignment_decoder.decode(data)
-
-
-def decode_member(
-    metadata: bytes | None, assignment: bytes | None
-) -> tuple[MemberMetadata, list[int], list[int], list[str]]:
-    """One member of a DescribeGroups answer: (metadata, actives, standbys, unmet).
-
-    ``metadata`` and ``assignment`` are the raw ``member_metadata`` and
-    ``member_assignment`` bytes (aiokafka's ConsumerProtocolMemberMetadata and
-    ConsumerProtocolMemberAssignment wire format); either may be empty while the group is
-    rebalancing.
-    """
-    meta = MemberMetadata()
-    if metadata:
-        meta = decode_metadata(ConsumerProtocolMemberMetadata.decode(metadata).user_data)
-    if not assignment:
-        return meta, [], [], []
-    decoded = ConsumerProtocolMemberAssignment.decode(assignment)
-    actives = sorted(p for _, partitions in decoded.assignment for p in partitions)
-    data = decode_assignment(decoded.user_data)
-    return meta, actives, list(data.standbys), list(data.unmet)

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.reader import ChangelogReader
-from backbone.node.routing import RoutingTable
+from backbone.node.routing import RoutingTable, ViewPublisher
 from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
 from backbone.topics import Topics
@@ -39,6 +39,21 @@ def make_producer(settings: EngineSettings) -> AIOKafkaProducer:
     )
 
 
+def group_generation(consumer: AIOKafkaConsumer) -> int:
+    """The Kafka group generation ``consumer`` has joined, -1 while it has none. aiokafka
+    (0.x) sets it from the JoinGroup answer, before the leader's ``assign`` runs."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", -1)
+    return generation if isinstance(generation, int) else -1
+
+
+def request_rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer`` join its group again (with its current metadata)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator.request_rejoin()
+
+
 def kafka_clients(
     settings: EngineSettings,
     producer: AIOKafkaProducer,
@@ -46,7 +61,10 @@ def kafka_clients(
     assignor: BackboneAssignor,
     on_gap: Callable[[int], None],
 ) -> Clients:
-    """Call inside the running event loop: aiokafka binds its clients to it."""
+    """Call inside the running event loop: aiokafka binds its clients to it.
+
+    When this node leads the group, ``assignor`` publishes the routing view of each plan
+    through ``producer`` to the routing topic; every node's routing table follows it."""
     client_id = f"{settings.service}-{settings.node_id}"
     tls = client_tls(settings)
     consumer = AIOKafkaConsumer(
@@ -66,10 +84,19 @@ def kafka_clients(
         heartbeat_interval_ms=max(settings.session_timeout_ms // 12, 100),
         partition_assignment_strategy=(assignor,),
     )
+    assignor.publish = ViewPublisher(producer, topics.routing, topics.group)
+    assignor.group_generation = lambda: group_generation(consumer)
     return Clients(
         producer=producer,
         consumer=consumer,
         reader=ChangelogReader(settings.brokers, topics.changelog, client_id, on_gap),
-        routing=RoutingTable(settings.brokers, topics.group),
+        routing=RoutingTable(
+            settings.brokers,
+            topics.group,
+            topics.routing,
+            local_generation=lambda: group_generation(consumer),
+            self_endpoint=settings.internal_url,
+            rejoin=lambda: request_rejoin(consumer),
+        ),
         http=httpx.AsyncClient(timeout=10.0, verify=tls if tls else True),
     )

@@ -1,4 +1,4 @@
-"""Where a partition's copies are, as the consumer group's description tells."""
+"""Where a partition's copies are, as the leader's routing view tells."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from backbone.node.routing import Replica, RoutingTable
 
 
 class GroupPeers:
-    """Peers learned from the consumer group's description."""
+    """Peers learned from the routing table (the group leader's latest routing view)."""
 
     def __init__(self, routing: RoutingTable, zone: str, self_url: str) -> None:
         self.routing = routing
