@@ -28,6 +28,8 @@ PACKAGE = str(ANSWERS["package_name"])
 READ_MODEL_ONLY = [
     f"src/{PACKAGE}/readmodel.py",
     f"src/{PACKAGE}/readmodel",
+    f"src/{PACKAGE}/migrations",
+    "alembic.ini",
     "tests/test_readmodel.py",
 ]
 

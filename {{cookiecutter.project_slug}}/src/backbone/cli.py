@@ -111,6 +111,32 @@ def _repartition(service: Service[Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_model(service: Service[Any], args: argparse.Namespace) -> int:
+    from backbone.readmodel import ReadModel
+    from backbone.readmodel.model import database_url
+    from backbone.readmodel.rebuild import RebuildError, rebuild
+    from backbone.readmodel.schema import current_revisions
+
+    settings = service.settings()
+    configure_logging(settings.log_level)
+    if service.projection is None:
+        raise RebuildError(f"{service.name} has no SQL read model")
+
+    def show(line: dict[str, Any]) -> None:
+        print(json.dumps(line, sort_keys=True), flush=True)
+
+    # Opening the read model upgrades its schema to the newest revisions.
+    model = ReadModel(database_url(settings), service.projection, service.domain.aggregate)
+    try:
+        if args.readmodel_command == "upgrade":
+            show({"event": "read_model_upgraded", **current_revisions(model.engine)})
+        else:
+            show(asyncio.run(rebuild(settings, model, show)))
+    finally:
+        model.close()
+    return 0
+
+
 def parser(service: Service[Any]) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog=service.name, description=f"{service.title} service node and admin commands."
@@ -172,6 +198,16 @@ def parser(service: Service[Any]) -> argparse.ArgumentParser:
         "--timeout", type=float, default=600, help="follow for this long (default 600 s)"
     )
     change.set_defaults(func=_repartition)
+    read_model = commands.add_parser("readmodel", help="SQL read model commands")
+    read_model_commands = read_model.add_subparsers(dest="readmodel_command", required=True)
+    read_model_commands.add_parser(
+        "rebuild",
+        help="rebuild the read model from the changelog into side tables while the old one "
+        "serves, then swap them in one transaction (progress as JSON lines)",
+    ).set_defaults(func=_read_model)
+    read_model_commands.add_parser(
+        "upgrade", help="migrate the read model's tables to the newest revisions (nodes do, too)"
+    ).set_defaults(func=_read_model)
     return root
 
 

@@ -1,9 +1,12 @@
 """The SQL read model: one row per {{ cookiecutter.aggregate_name }}, for listing and filtering.
 
 SQLite under DATA_DIR by default; set READ_MODEL_URL (e.g. postgresql+psycopg://...) for a
-shared PostgreSQL. Add a column here and in ``to_row`` to make it filterable.
+shared PostgreSQL. To make a new column filterable: add it here and in ``to_row``, then a
+migration (``alembic revision --autogenerate -m "..."``, see docs/tutorial.md); nodes
+upgrade the database to the newest migration when they start.
 """
 
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,4 +42,6 @@ def to_row(aggregate_id: str, state: {{ cookiecutter.aggregate_class }}) -> dict
     }
 
 
-PROJECTION = Projection(table=table, to_row=to_row)
+PROJECTION = Projection(
+    table=table, to_row=to_row, migrations=Path(__file__).resolve().parent / "migrations"
+)

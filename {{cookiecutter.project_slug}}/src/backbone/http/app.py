@@ -21,6 +21,7 @@ from backbone.http.public import (
 )
 from backbone.node.engine import Engine
 from backbone.observability import configure_logging, configure_tracing, log_refusals
+from backbone.readmodel.projector import Projector
 from backbone.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -33,24 +34,27 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
     engine = Engine(settings, service.domain)
     route_handlers: list[Router] = [
         *aggregate_routes(engine, service.plural),
-        health_routes(engine),
         admin_routes(engine),
     ]
     services: list[Any] = []
+    projector: Projector[Any] | None = None
     # READ_MODEL=off leaves projection to other processes (e.g. one writer for PostgreSQL).
     if service.projection is not None and settings.read_model:
         from backbone.changelog.sources import ChangelogSource
-        from backbone.readmodel import Projector, ReadModel
+        from backbone.readmodel import ReadModel
+        from backbone.readmodel.metrics import register_metrics
+        from backbone.readmodel.model import database_url
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        url = settings.read_model_url or f"sqlite:///{settings.data_dir / 'readmodel.db'}"
-        model = ReadModel(url, service.projection, service.domain.aggregate)
+        model = ReadModel(database_url(settings), service.projection, service.domain.aggregate)
 
         def sources() -> list[ChangelogSource]:
             return engine.generations.changelog_sources(engine.topics, engine.generation)
 
-        services.append(Projector(settings.brokers, sources, model))
+        projector = Projector(settings.brokers, sources, model)
+        register_metrics(projector)
+        services.append(projector)
         route_handlers.append(read_model_routes(model, service.plural))
+    route_handlers.append(health_routes(engine, projector))
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

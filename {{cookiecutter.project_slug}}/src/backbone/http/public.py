@@ -29,7 +29,7 @@ from backbone.http.reads import (
 from backbone.ids import ID_RULE, InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER
-from backbone.readmodel import QueryError, ReadModel
+from backbone.readmodel import Projector, QueryError, ReadModel
 from backbone.repartition.gate import WritesPausedError
 
 EVENTS_PATH = "/{aggregate_id:str}/events"
@@ -157,14 +157,26 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     ]
 
 
-def health_routes(engine: Engine[Any]) -> Router:
+def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) -> Router:
+    """``/health/live`` fails (503, with the reason) once the read model's projector died;
+    ``/health/ready`` adds a ``read_model`` section: alive, failure, lag."""
+
     @get("/live")
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
+    async def live() -> Response[dict[str, str]]:
+        if projector is not None and projector.failure is not None:
+            reason = f"the read model projector died: {projector.failure}"
+            return Response(
+                {"status": "failed", "reason": reason}, status_code=HTTP_503_SERVICE_UNAVAILABLE
+            )
+        return Response({"status": "ok"})
 
     @get("/ready")
     async def ready() -> Response[dict[str, Any]]:
         status = engine.status()
+        if projector is not None:
+            status["read_model"] = projector.status()
+            if projector.failure is not None:
+                status["ready"] = False
         code = 200 if status["ready"] else HTTP_503_SERVICE_UNAVAILABLE
         return Response(status, status_code=code)
 
@@ -181,27 +193,35 @@ def admin_routes(engine: Engine[Any]) -> Router:
 
 
 def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
-    """``GET /<plural>?column=value&limit=&offset=``: list and filter from the SQL read model."""
+    """``GET /<plural>?column=value&limit=&after=``: list and filter from the SQL read model,
+    in id order, a page at a time (keyset pagination: ``after`` is the previous page's
+    ``next``; ``next`` is null on the last page)."""
 
     @get("/")
     async def list_aggregates(request: Request[Any, Any, Any]) -> dict[str, Any]:
         params = dict(request.query_params)
-        try:
-            limit = int(params.pop("limit", "50"))
-            offset = int(params.pop("offset", "0"))
-        except ValueError:
-            raise HTTPException(
-                status_code=HTTP_400_BAD_REQUEST, detail="limit and offset must be integers"
-            ) from None
-        if not 1 <= limit <= 1000 or offset < 0:
+        if "offset" in params:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST,
-                detail="limit must be between 1 and 1000 and offset at least 0",
+                detail="offset is not supported: page with after=<the previous page's next>, "
+                "which skips and repeats no row while rows change",
+            )
+        after = params.pop("after", None)
+        try:
+            limit = int(params.pop("limit", "50"))
+        except ValueError:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST, detail="limit must be an integer"
+            ) from None
+        if not 1 <= limit <= 1000:
+            raise HTTPException(
+                status_code=HTTP_400_BAD_REQUEST, detail="limit must be between 1 and 1000"
             )
         try:
-            items = await asyncio.to_thread(model.query, params, limit, offset)
+            items = await asyncio.to_thread(model.query, params, limit, after)
         except QueryError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
-        return {"items": items, "limit": limit, "offset": offset}
+        last = items[-1][model.live.key] if len(items) == limit else None
+        return {"items": items, "limit": limit, "next": None if last is None else str(last)}
 
     return Router(path=f"/{plural}", route_handlers=[list_aggregates])
