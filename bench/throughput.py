@@ -2,6 +2,10 @@
 
 The events are produced before the node starts; the rate is measured from the first to the
 last event applied, with changelog writes and offset commits on. Prints one JSON line.
+
+``--read-model on`` runs the node's SQL read model (SQLite under DATA_DIR, the service's
+default) too: the clock then stops when the read model has caught up as well (its lag in
+``/health/ready`` is 0), and its table is checked to hold one row per key.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import asyncio
 import json
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -78,7 +84,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument(
+        "--read-model",
+        choices=("on", "off"),
+        default="off",
+        help="run the SQL read model (SQLite) and wait for it to catch up (default off)",
+    )
     args = parser.parse_args()
+    read_model = args.read_model == "on"
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         work = Path(tmp)
         project = bake(work)
@@ -102,24 +115,48 @@ def main() -> int:
                     "PARTITIONS": str(PARTITIONS),
                     "PYTHONPATH": str(project / "src"),
                     "LOG_LEVEL": "warning",
-                    "READ_MODEL": "off",
+                    "READ_MODEL": args.read_model,
                     "MAX_BATCH_RECORDS": os.environ.get("MAX_BATCH_RECORDS", "100000"),
                 },
             )
             node.start()
             try:
 
-                def processed() -> int:
+                def ready() -> dict[str, Any]:
                     try:
-                        body = httpx.get(f"{node.url}/health/ready", timeout=5).json()
+                        body: dict[str, Any] = httpx.get(
+                            f"{node.url}/health/ready", timeout=5
+                        ).json()
                     except httpx.HTTPError:
-                        return 0
+                        return {}
+                    return body
+
+                def processed() -> int:
+                    body = ready()
                     return int(body.get("processed", 0)) + int(body.get("dead_letters", 0))
+
+                def caught_up() -> bool:
+                    section = ready().get("read_model")
+                    return isinstance(section, dict) and section.get("lag") == 0
 
                 wait_until(lambda: processed() > 0, 120, "the first event")
                 first = time.monotonic()
                 wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.02)
                 seconds = time.monotonic() - first
+                extra: dict[str, object] = {}
+                if read_model:
+                    wait_until(caught_up, 1800, "the read model's lag at 0", every=0.02)
+                    with_read_model = time.monotonic() - first
+                    db = sqlite3.connect(node.data_dir / "readmodel.db")
+                    rows = db.execute("SELECT count(*) FROM customers").fetchone()[0]
+                    db.close()
+                    assert rows == args.keys, f"{rows} rows in the read model, not {args.keys}"
+                    extra = {
+                        "read_model": "on",
+                        "read_model_rows": rows,
+                        "read_model_caught_up_s": round(with_read_model, 2),
+                        "events_per_s_read_model_caught_up": round(args.events / with_read_model),
+                    }
                 assert node.proc is not None
                 rss = peak_rss_mb(node.proc.pid)
             finally:
@@ -131,6 +168,7 @@ def main() -> int:
         "seconds": round(seconds, 2),
         "events_per_s": round(args.events / seconds),
         "peak_rss_mb": rss,
+        **extra,
         **machine(),
     }
     print(json.dumps(result))
