@@ -151,8 +151,10 @@ def main() -> int:
                     rows = db.execute("SELECT count(*) FROM customers").fetchone()[0]
                     db.close()
                     assert rows == args.keys, f"{rows} rows in the read model, not {args.keys}"
+                    written = ready().get("read_model", {}).get("rows_written")
                     extra = {
                         "read_model": "on",
+                        "read_model_rows_written": written,
                         "read_model_rows": rows,
                         "read_model_caught_up_s": round(with_read_model, 2),
                         "events_per_s_read_model_caught_up": round(args.events / with_read_model),

@@ -92,7 +92,8 @@ class Tables:
             .values(next_offset=0)
             .on_conflict_do_nothing(index_elements=["topic", "partition"])
         )
-        self._dialect = dialect
+        self.columns = [c.name for c in table.columns]
+        self._raw = self._raw_sql(engine)
 
     @staticmethod
     def _upsert(dialect: Any, table: sa.Table, keys: list[str]) -> Any:
@@ -101,18 +102,43 @@ class Tables:
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
 
+    def _raw_sql(self, engine: sa.Engine) -> tuple[str, str] | None:
+        """The upsert as the driver's own SQL (SQLite: named parameters for executemany;
+        PostgreSQL: the head and tail around many VALUES rows), or None where a column's
+        type converts values (JSON, Enum, ...): SQLAlchemy must bind those."""
+        dialect = engine.dialect
+        if any(c.type.bind_processor(dialect) is not None for c in self.table.columns):
+            return None
+        quote = dialect.identifier_preparer.quote
+        names = self.columns
+        table = dialect.identifier_preparer.format_table(self.table)
+        updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in names if c != self.key)
+        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        tail = f" ON CONFLICT ({quote(self.key)}) {action}"
+        head = f"INSERT INTO {table} ({', '.join(quote(c) for c in names)}) VALUES "
+        if self.postgres:
+            return head, tail
+        return head + "(" + ", ".join(f":{c}" for c in names) + ")" + tail, ""
+
     def write_rows(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        if not self.postgres:
-            conn.execute(self.upsert_rows, rows)  # sqlite3's executemany: one prepared statement
+        if self._raw is None:
+            conn.execute(self.upsert_rows, rows)
             return
-        # PostgreSQL: many VALUES rows per statement; full chunks share one compiled statement.
-        for start in range(0, len(rows), PG_ROWS_PER_STATEMENT):
-            chunk = rows[start : start + PG_ROWS_PER_STATEMENT]
-            stmt = self._dialect.insert(self.table).values(chunk)
-            updates = {
-                c.name: stmt.excluded[c.name] for c in self.table.columns if c.name != self.key
-            }
-            conn.execute(stmt.on_conflict_do_update(index_elements=[self.key], set_=updates))
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if not self.postgres:  # sqlite3's executemany: one prepared statement, in C
+                cursor.executemany(self._raw[0], rows)
+                return
+            # PostgreSQL: many VALUES rows per statement (full chunks: one prepared statement)
+            head, tail = self._raw
+            names = self.columns
+            one = "(" + ", ".join(["%s"] * len(names)) + ")"
+            for start in range(0, len(rows), PG_ROWS_PER_STATEMENT):
+                chunk = rows[start : start + PG_ROWS_PER_STATEMENT]
+                values = [row[c] for row in chunk for c in names]
+                cursor.execute(head + ", ".join([one] * len(chunk)) + tail, values)
+        finally:
+            cursor.close()
 
 
 def database_url(settings: EngineSettings) -> str:

@@ -22,7 +22,7 @@ from backbone.readmodel.model import Applied, ReadModel
 A = TypeVar("A", bound=msgspec.Struct)
 log = structlog.get_logger(__name__)
 
-MAX_RECORDS = 20_000  # per fetched batch, so per transaction
+MAX_RECORDS = 50_000  # per fetched batch, so per transaction
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 # A failing transaction is tried this many times, waiting 0.5 s, 1 s, 2 s ... in between;
