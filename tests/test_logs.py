@@ -66,7 +66,15 @@ def test_a_first_start_on_fresh_topics_logs_no_errors(
 def test_a_traced_node_writes_one_json_object_per_line_with_the_logs_ids(
     bake: Bake, kafka_brokers: str, tmp_path: Path
 ) -> None:
-    service = new_service("traced", bake(), kafka_brokers, tmp_path, 2, OTEL_EXPORTER="console")
+    service = new_service(
+        "traced",
+        bake(),
+        kafka_brokers,
+        tmp_path,
+        2,
+        OTEL_EXPORTER="console",
+        LOG_LEVEL="debug",  # event_accepted, one line per write, is a debug line
+    )
     node = service.node(0).start()
     try:
         node.wait_ready(timeout=120)

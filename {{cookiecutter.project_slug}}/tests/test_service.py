@@ -375,7 +375,7 @@ def test_a_store_ahead_of_a_recreated_changelog_is_refused_with_advice(
 
 
 def test_one_trace_runs_from_the_http_request_to_the_handler(node_factory: NodeFactory) -> None:
-    node = node_factory(OTEL_EXPORTER="console").start()
+    node = node_factory(OTEL_EXPORTER="console", LOG_LEVEL="debug").start()
     node.wait_ready()
     register(node, "traced-1")
     wait_for(state_with(node, "traced-1", version=1), what="registration")

@@ -48,7 +48,8 @@ log = structlog.get_logger(__name__)
 
 
 def _token_guard(expected: str) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar runs a plain function guard in a worker thread, per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             raise NotAuthorizedException("send 'Authorization: Bearer <INTERNAL_TOKEN>'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.assignment import BackboneAssignor
@@ -22,7 +22,7 @@ class Clients:
     consumer: AIOKafkaConsumer
     reader: ChangelogReader
     routing: RoutingTable
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession  # to peers' internal APIs: forwarded reads
 
 
 def make_producer(settings: EngineSettings) -> AIOKafkaProducer:
@@ -98,5 +98,10 @@ def kafka_clients(
             self_endpoint=settings.internal_url,
             rejoin=lambda: request_rejoin(consumer),
         ),
-        http=httpx.AsyncClient(timeout=10.0, verify=tls if tls else True),
+        # aiohttp, not httpx: a forwarded read cost the forwarding node about 1 ms of CPU
+        # in httpx, 0.15 ms in aiohttp.
+        http=aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls if tls else True, limit=256),
+            timeout=aiohttp.ClientTimeout(total=10.0),
+        ),
     )

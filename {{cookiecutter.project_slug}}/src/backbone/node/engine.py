@@ -285,7 +285,7 @@ class Engine(Generic[A]):
         self.processed_before += parts.processor.processed
         await _bounded("changelog reader", clients.reader.stop())
         await _bounded("routing", clients.routing.stop())
-        await clients.http.aclose()
+        await clients.http.close()
         self.stores.close_all()
 
     async def switch(self, generation: Generation, drained: dict[int, int]) -> None:

@@ -9,7 +9,7 @@ import asyncio
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -49,7 +49,7 @@ class Queries(Generic[A]):
         self,
         local: LocalReads[A],
         routing: RoutingTable,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         zone: str,
         internal_url: str,
         token: str,
@@ -116,23 +116,22 @@ class Queries(Generic[A]):
             params["position"] = str(position)
         path = f"/internal/aggregates/{quote(aggregate_id, safe='')}"
         for replica in self.replicas(self.local.partition_of(aggregate_id), consistency):
+            timeout = aiohttp.ClientTimeout(total=max(deadline - loop.time(), 0) + 2.0)
             try:
-                response = await self.http.get(
-                    replica.endpoint + path,
-                    params=params,
-                    headers=self.auth,
-                    timeout=max(deadline - loop.time(), 0) + 2.0,
-                )
-            except httpx.HTTPError as exc:
-                log.warning("forward_failed", to=replica.endpoint, error=str(exc))
+                async with self.http.get(
+                    replica.endpoint + path, params=params, headers=self.auth, timeout=timeout
+                ) as response:
+                    status, body = response.status, await response.read()
+                    headers = {k: v for k in ANSWER_HEADERS if (v := response.headers.get(k))}
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("forward_failed", to=replica.endpoint, error=str(exc) or repr(exc))
                 continue
-            if response.status_code in (200, 404, 504):
-                headers = {k: v for k in ANSWER_HEADERS if (v := response.headers.get(k))}
-                if response.status_code == 504:
-                    raise NotReachedError(response.json().get("detail", "position not reached"))
-                return Answer(response.status_code, response.content, headers)
-            if response.status_code == 400:
-                raise ValueError(response.json().get("detail", "refused"))
+            if status in (200, 404):
+                return Answer(status, body, headers)
+            if status == 504:
+                raise NotReachedError(_detail(body, "the position was not reached in time"))
+            if status == 400:
+                raise ValueError(_detail(body, "refused"))
         self.routing.refresh_soon()
         return None
 
@@ -165,14 +164,15 @@ class Queries(Generic[A]):
 
     async def _batch_from(self, url: str, ids: list[str], consistency: str) -> BatchReply:
         try:
-            response = await self.http.post(
+            async with self.http.post(
                 f"{url}/internal/aggregates:batchGet",
-                content=msgspec.json.encode({"ids": ids, "consistency": consistency}),
+                data=msgspec.json.encode({"ids": ids, "consistency": consistency}),
                 headers={**self.auth, "content-type": "application/json"},
-            )
-            if response.status_code != 200:
-                raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
-            return msgspec.json.decode(response.content, type=BatchReply)
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{url} answered {response.status}: {body[:200]!r}")
+            return msgspec.json.decode(body, type=BatchReply)
         except Exception as exc:
             self.routing.refresh_soon()
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -191,16 +191,24 @@ class Queries(Generic[A]):
             if after is not None:
                 params["after"] = after
             try:
-                response = await self.http.get(
+                async with self.http.get(
                     f"{replica.endpoint}/internal/partitions/{partition}/aggregates",
                     params=params,
                     headers=self.auth,
-                )
-            except httpx.HTTPError:
+                ) as response:
+                    if response.status == 200:
+                        return dict(msgspec.json.decode(await response.read()))
+            except (aiohttp.ClientError, TimeoutError):
                 continue
-            if response.status_code == 200:
-                return dict(response.json())
         raise UnavailableError(f"no node that holds partition {partition} answered: retry")
+
+
+def _detail(body: bytes, otherwise: str) -> str:
+    """The ``detail`` of a peer's JSON error answer."""
+    try:
+        return str(msgspec.json.decode(body).get("detail", otherwise))
+    except (msgspec.DecodeError, AttributeError):
+        return otherwise
 
 
 async def submit_event(
@@ -227,7 +235,7 @@ async def submit_event(
             metadata = await producer.send_and_wait(
                 target.topic, value, key=key, partition=partition, headers=headers
             )
-            log.info(
+            log.debug(  # per write: info would cost the POST path a rendered line each
                 "event_accepted",
                 aggregate_id=aggregate_id,
                 partition=metadata.partition,

@@ -120,7 +120,7 @@ class LocalReads(Generic[A]):
                     "consistency=active"
                 )
             await asyncio.sleep(min(pause, max(deadline - loop.time(), 0)))
-            pause = min(pause * 2, 0.02)
+            pause = min(pause * 2, 0.005)
 
     def _reflects(
         self, position: Position, store: PartitionStore, role: Role, raw: bytes | None
