@@ -38,7 +38,12 @@ CACHE_DIRS = frozenset(
 )
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#")
 # Relative to the project, ``{pkg}`` being the package name; mirrors hooks/post_gen_project.py.
-READ_MODEL_ONLY = ("src/{pkg}/readmodel.py", "tests/test_readmodel.py")
+READ_MODEL_ONLY = (
+    "src/{pkg}/readmodel.py",
+    "src/{pkg}/migrations",
+    "alembic.ini",
+    "tests/test_readmodel.py",
+)
 
 SUPPORTED_COMBINATIONS: dict[str, dict[str, str]] = {
     "defaults": {},

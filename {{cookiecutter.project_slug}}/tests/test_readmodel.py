@@ -67,6 +67,12 @@ def test_aggregates_are_listed_and_filtered(node_factory: NodeFactory, database:
     assert all(row["lifetime_value_cents"] == 60_000 for row in silver)
     everyone = listing(node.url, limit=4).json()
     assert len(everyone["items"]) == 4
+    assert everyone["next"] == everyone["items"][-1]["id"]
+    rest = listing(node.url, limit=4, after=everyone["next"]).json()  # keyset pagination
+    assert rest["next"] is None
+    ids = [row["id"] for row in everyone["items"] + rest["items"]]
+    assert ids == [f"c-{i}" for i in range(6)]
+    assert "after=" in listing(node.url, offset=4).json()["detail"]
     bronze = listing(node.url, tier="bronze", order_count=0).json()["items"]
     assert sorted(row["id"] for row in bronze) == ["c-3", "c-4", "c-5"]
 
