@@ -26,6 +26,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
@@ -182,7 +183,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         scope: Scope,
         consistency: str = "active",
         position: str | None = None,
-    ) -> Response[bytes]:
+    ) -> ASGIResponse:
         """A key from this node's replica (forwarded here by a peer, or asked by an
         operator): it is not forwarded further."""
         try:

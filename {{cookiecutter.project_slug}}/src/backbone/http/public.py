@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -130,7 +131,7 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
         request: Request[Any, Any, Any],
         consistency: str = "active",
         position: str | None = None,
-    ) -> Response[bytes]:
+    ) -> ASGIResponse:
         """The aggregate's current state. ``consistency=active`` (the default) reads the
         owner; ``any`` the nearest replica, this node's standby first. With the
         ``position`` a POST answered, waits until the replica has applied that write

