@@ -369,6 +369,12 @@ def metrics_line(data: MetricsData) -> str:
     )
 
 
+def tracing_on() -> bool:
+    """Whether traces are exported (``configure_tracing`` set the SDK's provider): hot paths
+    skip even the no-op spans and the context propagation otherwise."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
 def configure_tracing(service: str, exporter: str, node_id: str) -> TracerProvider | None:
     """Traces and metrics to ``exporter``; ``none`` keeps OpenTelemetry's no-op providers,
     so unsampled hot paths cost nothing."""

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response.base import ASGIResponse
@@ -88,9 +89,7 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
 
     @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
-    async def submit_event(
-        aggregate_id: str, request: Request[Any, Any, Any]
-    ) -> Response[dict[str, Any]]:
+    async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> ASGIResponse:
         """Submit one event for the aggregate; it is applied asynchronously (202). The
         answer's ``position`` makes a later GET read this write (read-your-writes)."""
         valid_id(aggregate_id, request)
@@ -112,17 +111,20 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
             ) from exc
-        return Response(
-            {
-                "id": aggregate_id,
-                "type": name,
-                "generation": position.generation,
-                "partition": position.partition,
-                "offset": position.offset,
-                "position": str(position),
-            },
+        token = str(position)
+        accepted = {
+            "id": aggregate_id,
+            "type": name,
+            "generation": position.generation,
+            "partition": position.partition,
+            "offset": position.offset,
+            "position": token,
+        }
+        return ASGIResponse(  # sent as it is: no Response conversion on the write path
+            body=msgspec.json.encode(accepted),
             status_code=HTTP_202_ACCEPTED,
-            headers={POSITION_HEADER: str(position)},
+            media_type="application/json",
+            headers={POSITION_HEADER: token},
         )
 
     @get("/{aggregate_id:str}")

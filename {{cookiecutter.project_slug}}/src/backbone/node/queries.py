@@ -6,6 +6,7 @@ topic with the position a read-your-writes GET can present."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ from backbone.node.reads import (
     UnavailableError,
 )
 from backbone.node.routing import Replica, RoutingTable
+from backbone.observability import tracing_on
 from backbone.partitioning import partition_for
 from backbone.processing.apply import BatchApplier
 from backbone.repartition.gate import WriteGate
@@ -222,16 +224,23 @@ async def submit_event(
     names; returns its position once acked. WritesPausedError while it is paused."""
     value, headers = applier.events.encode(event)
     key = aggregate_id.encode()
+    traced = tracing_on()
     async with gate.writing() as target:
         partition = partition_for(key, target.partitions)
-        with tracer.start_as_current_span(
-            f"send {target.topic}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"messaging.destination.partition.id": str(partition)},
-        ):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            headers.extend((k, v.encode()) for k, v in carrier.items())
+        span = (
+            tracer.start_as_current_span(
+                f"send {target.topic}",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.destination.partition.id": str(partition)},
+            )
+            if traced
+            else contextlib.nullcontext()
+        )
+        with span:
+            if traced:
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+                headers.extend((k, v.encode()) for k, v in carrier.items())
             metadata = await producer.send_and_wait(
                 target.topic, value, key=key, partition=partition, headers=headers
             )
