@@ -25,6 +25,7 @@ from backbone.repartition.gate import RETRY_AFTER_S
 # A 503 of the aggregate routes is brief (a rebalance, a paused write): say when to retry.
 RETRY = {"retry-after": str(RETRY_AFTER_S)}
 POSITION_HEADER = "x-backbone-position"
+BATCH_FORM = '{"ids": ["<id>", ...], "consistency": "active" or "any"}'
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +80,7 @@ def batch_request(engine: Engine[Any], body: bytes) -> BatchRequest:
     except msgspec.DecodeError as exc:
         raise HTTPException(
             status_code=HTTP_400_BAD_REQUEST,
-            detail=f'send {{"ids": ["<id>", ...], "consistency": "active"|"any"}}: {exc}',
+            detail=f"send {BATCH_FORM}: {exc}",
         ) from exc
     limit = engine.settings.batch_get_max_ids
     if len(request.ids) > limit:
