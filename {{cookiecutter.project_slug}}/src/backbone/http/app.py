@@ -55,6 +55,10 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
         services.append(projector)
         route_handlers.append(read_model_routes(model, service.plural))
     route_handlers.append(health_routes(engine, projector))
+    if settings.metrics:
+        from backbone.http.metrics import metrics_routes
+
+        route_handlers.append(metrics_routes(engine, projector))
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

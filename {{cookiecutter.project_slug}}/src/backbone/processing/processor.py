@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -31,6 +31,8 @@ tracer = trace.get_tracer("backbone.processing")
 INPUT_OFFSET_HEADER = "input-offset"
 # How often an idle active looks for records it did not write at its changelog's end.
 TAIL_CHECK_S = 5.0
+# Told each applied batch's processor and duration in seconds (backbone.http.metrics).
+on_batch: list[Callable[[Processor, float], None]] = []
 
 
 class Processor:
@@ -87,6 +89,7 @@ class Processor:
     async def process(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
+        started = time.perf_counter()
         results: list[BatchResult] = []
         spans = []
         starts: dict[TopicPartition, int] = {}
@@ -140,6 +143,8 @@ class Processor:
                 self.dead_letters += len(result.dead)
                 done.append(result)
             await self._commit(done)
+            for hook in on_batch:
+                hook(self, time.perf_counter() - started)
         finally:
             for span in spans:
                 span.end()

@@ -309,6 +309,10 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             choices=("none", "console", "otlp"),
         ),
     ] = "none"
+    metrics: Annotated[
+        bool,
+        _setting("Prometheus metrics at `GET /metrics` on the public port; `off`: no such route"),
+    ] = True
     log_level: Annotated[
         str,
         _setting(
