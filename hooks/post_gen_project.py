@@ -33,6 +33,11 @@ READ_MODEL_ONLY = [
     "tests/test_readmodel.py",
 ]
 
+# The hashed lock of the runtime dependencies (`make lock`): the template ships one per
+# answer to include_read_model, and the project keeps the matching one as requirements.lock.
+LOCK = "requirements.lock"
+LOCK_WITHOUT_READ_MODEL = "requirements-no-read-model.lock"
+
 # Context keys cookiecutter adds that describe this machine and run, not the project.
 # __checked_answers (the check run by hooks/answers.py) is left out too, so that `cruft update`
 # renders it afresh and checks the answers again.
@@ -44,7 +49,18 @@ CRUFT_SKIP = [".git", "data", ".venv"]
 REMOTE = re.compile(r"((((git|hg)\+)?(git|ssh|file|https?):(//)?)|(\w+@[\w\.]+)|(gh|gl|bb):)")
 
 
+def keep_matching_lock(project: Path) -> None:
+    other = project / LOCK_WITHOUT_READ_MODEL
+    if not other.exists():
+        return
+    if ANSWERS.get("include_read_model") == "no":
+        other.replace(project / LOCK)
+    else:
+        other.unlink()
+
+
 def remove_unchosen(project: Path) -> list[str]:
+    keep_matching_lock(project)
     removed: list[str] = []
     if ANSWERS.get("include_read_model") == "no":
         for rel in READ_MODEL_ONLY:
