@@ -328,7 +328,6 @@ class Engine(Generic[A]):
         if tps:
             parts.clients.consumer.pause(*tps)  # each resumes once its partition is active
         parts.partitions.assign(partitions, standbys)
-        parts.clients.routing.refresh_soon()
         log.info(
             "partitions_assigned",
             active=sorted(partitions),

@@ -134,7 +134,6 @@ class Queries(Generic[A]):
                 raise NotReachedError(_detail(body, "the position was not reached in time"))
             if status == 400:
                 raise ValueError(_detail(body, "refused"))
-        self.routing.refresh_soon()
         return None
 
     async def batch_get(self, ids: list[str], consistency: str, forward: bool) -> BatchReply:
@@ -176,7 +175,6 @@ class Queries(Generic[A]):
                     raise RuntimeError(f"{url} answered {response.status}: {body[:200]!r}")
             return msgspec.json.decode(body, type=BatchReply)
         except Exception as exc:
-            self.routing.refresh_soon()
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return BatchReply(failed={i: reason for i in ids})
 

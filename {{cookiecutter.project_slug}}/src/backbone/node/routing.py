@@ -163,9 +163,6 @@ class RoutingTable:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._consumer.stop()
 
-    def refresh_soon(self) -> None:
-        """Nothing to do: the follower reads every view as soon as it is published."""
-
     def owner(self, partition: int) -> Replica | None:
         return self._routes.active.get(partition)
 
