@@ -4,6 +4,7 @@ and its done() prints one JSON line that :func:`wrk` reads back."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,11 @@ def wrk(
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Runs wrk over ``items`` (path, body) in a cycle; its done() figures plus rps."""
+    if shutil.which("wrk") is None:
+        raise SystemExit(
+            "wrk is not installed: it is the load generator of this benchmark (a Python "
+            "client tops out below the service). Install it: sudo apt-get install wrk"
+        )
     script = scripts / f"{name}.lua"
     script.write_text(lua_script(items, method, headers or {}))
     command = [
