@@ -9,6 +9,8 @@ whole fetched batch, every partition of it, with one executemany of one upsert s
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,11 +160,28 @@ def create_engine(url: str) -> sa.Engine:
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing
         cursor.close()
 
     return engine
+
+
+def _wal(cursor: Any) -> None:
+    """Switch a new database to WAL. The switch needs the database to itself and answers
+    "database is locked" at once, without the busy timeout, while another node that started
+    at the same moment holds it: tried again until the other is done."""
+    deadline = time.monotonic() + 60
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 class ReadModel(Generic[A]):
