@@ -9,6 +9,7 @@ by anything but ``stop``."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +29,7 @@ PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 # A failing transaction is tried this many times, waiting 0.5 s, 1 s, 2 s ... in between;
 # then the projector stops and the node reports it dead (/health/live).
 ATTEMPTS = 5
+SWAP_CHECK_S = 1.0
 
 
 def changelog_consumer(brokers: str) -> AIOKafkaConsumer:
@@ -64,6 +66,7 @@ class Projector(Generic[A]):
         self._seen: dict[int, int] = {}
         self._stored: dict[int, int] = {}
         self._ends: dict[int, int] = {}
+        self._swap_checked = 0.0
 
     async def start(self) -> None:
         self._consumer = changelog_consumer(self.brokers)
@@ -152,15 +155,33 @@ class Projector(Generic[A]):
                 self._ends[tp.partition] = end
         batches = {tp.partition: records for tp, records in fetched.items() if records}
         if not batches:
+            await self._look_for_a_swap(consumer, source)
             return
         seen = {p: self._seen.get(p, 0) for p in batches}
         done = await self._apply(source.topic, batches, seen)
         self.rows += done.rows
         self._seen.update(done.next_offsets)
         self._stored.update(done.next_offsets)
-        for p, stored in done.behind.items():
-            # The database is behind what this consumer read: a rebuild swapped the tables.
-            # Read again from what it holds, so nothing after the rebuild's end is missing.
+        await self._seek_back(consumer, source, done.behind)
+
+    async def _look_for_a_swap(self, consumer: AIOKafkaConsumer, source: ChangelogSource) -> None:
+        """While idle, at most every SWAP_CHECK_S: a rebuild's swap leaves the stored offsets
+        behind what this consumer read, and partitions that get no new record would never
+        show it in ``Applied.behind``."""
+        now = time.monotonic()
+        if now - self._swap_checked < SWAP_CHECK_S:
+            return
+        self._swap_checked = now
+        stored = await asyncio.to_thread(self.model.next_offsets, source.topic)
+        behind = {p: stored.get(p, 0) for p, seen in self._seen.items() if stored.get(p, 0) < seen}
+        await self._seek_back(consumer, source, behind)
+
+    async def _seek_back(
+        self, consumer: AIOKafkaConsumer, source: ChangelogSource, behind: dict[int, int]
+    ) -> None:
+        """The database is behind what this consumer read: a rebuild swapped the tables.
+        Read again from what it holds, so nothing after the rebuild's end is missing."""
+        for p, stored in behind.items():
             tp = TopicPartition(source.topic, p)
             begin = (await consumer.beginning_offsets([tp]))[tp]
             start = max(stored, begin)

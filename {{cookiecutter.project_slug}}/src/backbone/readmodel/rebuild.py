@@ -5,8 +5,9 @@ The rows are projected into side tables (``<table>__rebuild`` and
 projecting into it. Then one transaction swaps them: the old table is renamed away and
 dropped, the side table takes its name and its indexes, and the offsets of the rebuilt
 topics become the side ones. A node's projector then finds the stored offsets behind what
-it read, and reads again from there (``Applied.behind``), so what the changelog got
-between the rebuild's end and the swap is projected too.
+it read, and reads again from there (``Applied.behind``, or a look at the stored offsets
+while it is idle), so what the changelog got between the rebuild's end and the swap is
+projected too, also in partitions that get nothing new.
 """
 
 from __future__ import annotations
