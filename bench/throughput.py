@@ -1,7 +1,12 @@
 """Processing rate of one service process: 12 partitions, 100k keys, 1M events in the topic.
 
-The events are produced before the node starts; the rate is measured from the first to the
-last event applied, with changelog writes and offset commits on. Prints one JSON line.
+The events are produced before the node starts. In the same run a bare aiokafka consumer
+reads the whole topic first (``raw_consumer_events_per_s``, the ceiling); then the node
+processes it, with changelog writes and offset commits on. The node's own clock gives the
+rate: from the start of its first batch to the end of its last (``applied`` in
+``/health/ready``), and the CPU its process spent between (``cpu_us_per_event``, all
+threads). A sample of aggregates is checked against a reference computed here from the
+events. Prints one JSON line.
 
 ``--read-model on`` runs the node's SQL read model (SQLite under DATA_DIR, the service's
 default) too: the clock then stops when the read model has caught up as well (its lag in
@@ -24,7 +29,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from backbone.dev.cluster import wait_until
@@ -35,7 +40,11 @@ PARTITIONS = 12
 SERVICE = "bench-throughput"
 
 
-async def produce(brokers: str, events: int, keys: int) -> None:
+Reference = dict[str, tuple[int, int, int]]  # (lifetime value, orders, loyalty points)
+
+
+async def produce(brokers: str, events: int, keys: int) -> Reference:
+    """Produce the events; returns what every aggregate must end as."""
     from backbone.partitioning import partition_for
 
     admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
@@ -66,18 +75,72 @@ async def produce(brokers: str, events: int, keys: int) -> None:
             "email": f"c{i}@example.com",
         }
         await add(f"c-{i}".encode(), encode(body))
+    value = [0] * keys
+    orders = [0] * keys
+    points = [0] * keys
     for n in range(events - keys):
-        key = f"c-{rng.randrange(keys)}".encode()
+        i = rng.randrange(keys)
         if n % 4 == 3:
+            points[i] += 1 + n % 50
             body = {"type": "loyalty_points_earned", "points": 1 + n % 50}
         else:
+            value[i] += 100 + n % 900
+            orders[i] += 1
             body = {"type": "order_placed", "order_id": f"o-{n}", "amount_cents": 100 + n % 900}
-        await add(key, encode(body))
+        await add(f"c-{i}".encode(), encode(body))
     for p, batch in batches.items():
         if batch.record_count():
             pending.append(await producer.send_batch(batch, topic, partition=p))
     await asyncio.gather(*pending)
     await producer.stop()
+    return {f"c-{i}": (value[i], orders[i], points[i]) for i in range(keys)}
+
+
+async def raw_consume(brokers: str, topic: str) -> tuple[int, float, float]:
+    """A bare aiokafka consumer reads every partition of ``topic`` to its end: (records,
+    seconds from the first record to the last, CPU seconds of this process meanwhile)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = sum(ends.values())
+        count, first, cpu = 0, 0.0, 0.0
+        while remaining > 0:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=100_000)
+            if not count and batches:
+                first, cpu = time.monotonic(), time.process_time()
+            for records in batches.values():
+                count += len(records)
+                remaining -= len(records)
+        return count, time.monotonic() - first, time.process_time() - cpu
+    finally:
+        await consumer.stop()
+
+
+async def changelog_records(brokers: str) -> int:
+    """Records in the node's changelog topics (their end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers)
+    await consumer.start()
+    try:
+        names = [t for t in await consumer.topics() if t.startswith(SERVICE) and "changelog" in t]
+        tps = [TopicPartition(t, p) for t in names for p in range(PARTITIONS)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+def check_sample(url: str, reference: Reference, size: int = 500) -> int:
+    """GETs a random sample of aggregates; fails on any that differs from the reference."""
+    sample = random.Random(11).sample(sorted(reference), min(size, len(reference)))
+    with httpx.Client(timeout=10) as client:
+        for key in sample:
+            body = client.get(f"{url}/customers/{key}").json()
+            got = (body["lifetime_value_cents"], body["order_count"], body["loyalty_points"])
+            assert got == reference[key], f"{key}: {got}, expected {reference[key]}"
+    return len(sample)
 
 
 def main() -> int:
@@ -100,11 +163,13 @@ def main() -> int:
 
         with LocalKafka(work / "kafka", nodes=1) as kafka:
             started = time.monotonic()
-            asyncio.run(produce(kafka.brokers, args.events, args.keys))
+            reference = asyncio.run(produce(kafka.brokers, args.events, args.keys))
             print(
                 f"produced {args.events} events in {time.monotonic() - started:.1f}s",
                 file=sys.stderr,
             )
+            raw, raw_s, raw_cpu = asyncio.run(raw_consume(kafka.brokers, f"{SERVICE}.events"))
+            assert raw == args.events, f"the bare consumer read {raw} events"
             node = NodeProcess(
                 "customer_backbone",
                 "bench",
@@ -139,10 +204,11 @@ def main() -> int:
                     section = ready().get("read_model")
                     return isinstance(section, dict) and section.get("lag") == 0
 
-                wait_until(lambda: processed() > 0, 120, "the first event")
-                first = time.monotonic()
-                wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.02)
-                seconds = time.monotonic() - first
+                wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.05)
+                applied = ready()["applied"]
+                seconds = applied["last_at"] - applied["first_at"]
+                first = time.monotonic() - (time.time() - applied["first_at"])
+                checked = check_sample(node.url, reference)
                 extra: dict[str, object] = {}
                 if read_model:
                     wait_until(caught_up, 1800, "the read model's lag at 0", every=0.02)
@@ -163,12 +229,21 @@ def main() -> int:
                 rss = peak_rss_mb(node.proc.pid)
             finally:
                 node.stop()
+            changelog = asyncio.run(changelog_records(kafka.brokers))
+    rate = args.events / seconds
+    raw_rate = raw / raw_s
     result = {
         "events": args.events,
         "keys": args.keys,
         "partitions": PARTITIONS,
         "seconds": round(seconds, 2),
-        "events_per_s": round(args.events / seconds),
+        "events_per_s": round(rate),
+        "raw_consumer_events_per_s": round(raw_rate),
+        "ratio_to_raw": round(rate / raw_rate, 3),
+        "cpu_us_per_event": round(applied["cpu_s"] / args.events * 1e6, 2),
+        "raw_consumer_cpu_us_per_event": round(raw_cpu / raw * 1e6, 2),
+        "changelog_records": changelog,
+        "sample_checked": checked,
         "peak_rss_mb": rss,
         **extra,
         **machine(),

@@ -107,3 +107,66 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     finally:
         rebuilt.stop()
     assert read_all(rebuilt.data_dir) == local
+
+
+def test_sigkill_with_two_batches_in_flight_loses_nothing_and_doubles_nothing(
+    bake: Bake, kafka_brokers: str, tmp_path: Path
+) -> None:
+    """The pipelined batch loop at its widest: batch n acknowledged by Kafka but not in the
+    store, batch n+1 applied over it in memory. The node SIGKILLs itself there
+    (``FAULT_KILL_IN_FLIGHT``), three times at different batches; what it ends with must
+    equal the reference, and a store rebuilt from the changelog must equal that."""
+    service = new_service(
+        "inflight",
+        bake(),
+        kafka_brokers,
+        tmp_path,
+        PARTITIONS,
+        CHANGELOG_RETENTION_MS="-1",
+        MAX_BATCH_RECORDS="3000",  # many batches, each behind the one in flight
+    )
+    events, reference = make_stream(keys=6_000, orders=114_000, seed=SEED + 1)
+    loader = service.load(events, chunk=20_000, pause=0.0)  # a backlog: batches follow at once
+    loader.start()
+    loader.join(timeout=300)
+    assert not loader.is_alive(), "the producer did not finish"
+
+    def victim(faults: dict[str, str] | None) -> NodeProcess:
+        # One name: the same disk and the same static member every time.
+        return NodeProcess("customer_backbone", "victim", tmp_path, service.env, faults=faults)
+
+    lags = []
+    for kill, nth in enumerate((2, 5, 9), start=1):
+        current = victim({"FAULT_KILL_IN_FLIGHT": str(nth)}).start()
+        wait_until(lambda c=current: not c.alive(), 180, f"the kill at double batch {nth}")
+        log = current.log_path.read_text()
+        assert log.count("two_batches_in_flight") == kill, current.tail()
+        lags.append(service.lag())
+    assert lags[0] > lags[-1] > 0, f"the kills did not land mid-stream: lags {lags}"
+
+    last = victim(None).start()
+    try:
+        wait_until(lambda: service.lag() == 0, 300, "every event")
+    finally:
+        last.stop()
+    codec = AggregateCodec(Stored)
+    local = read_all(last.data_dir)
+    got = {
+        k.decode(): (s.lifetime_value_cents, s.order_count)
+        for k, s in ((k, codec.decode(v)[1]) for k, v in local.items())
+    }
+    wrong = {k: (got.get(k), v) for k, v in reference.items() if got.get(k) != v}
+    assert not wrong, f"{len(wrong)} aggregates differ: {list(wrong.items())[:3]}"
+
+    rebuilt = NodeProcess("customer_backbone", "rebuilt", tmp_path, service.env)
+    rebuilt.start()
+    try:
+
+        def owns_everything() -> bool:
+            state = status(rebuilt)
+            return bool(state.get("ready")) and len(state.get("active", [])) == PARTITIONS
+
+        wait_until(owns_everything, 120, "the rebuilt node to restore every partition")
+    finally:
+        rebuilt.stop()
+    assert read_all(rebuilt.data_dir) == local

@@ -272,7 +272,7 @@ class Engine(Generic[A]):
         if parts is None:
             return
         clients = parts.clients
-        async with parts.processor.lock:  # the batch in flight finishes and commits first
+        async with parts.processor.idle():  # the batch in flight finishes and commits first
             if self._processing is not None:
                 self._processing.cancel()
                 await asyncio.gather(self._processing, return_exceptions=True)
@@ -315,7 +315,7 @@ class Engine(Generic[A]):
         parts = self.parts
         if parts is None:
             return  # these parts are stopping: they close every partition themselves
-        async with parts.processor.lock:  # let the batch in flight finish and commit
+        async with parts.processor.idle():  # the batch in flight finishes and commits first
             parts.partitions.revoke(partitions)
 
     async def on_assigned(self, partitions: set[int]) -> None:

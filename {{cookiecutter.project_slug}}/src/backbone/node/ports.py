@@ -56,7 +56,7 @@ class NodePorts:
         return await self.processor.claim(store)
 
     async def republish(self, store: PartitionStore, stale: set[bytes]) -> None:
-        async with self.processor.lock:
+        async with self.processor.idle():
             sent = await self.processor.writer.republish(store, stale, {})
             if sent is not None:
                 store.write((), changelog_offset=sent.end)

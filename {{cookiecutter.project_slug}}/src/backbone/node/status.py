@@ -35,6 +35,7 @@ def node_status(engine: Engine[Any], parts: Parts[Any] | None, joined: bool) -> 
         "incomplete": partitions.incomplete(),
         "processed": parts.processor.processed,
         "dead_letters": parts.processor.dead_letters,
+        "applied": parts.processor.window.as_dict(),
         "failure": failure,
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -62,6 +62,10 @@ class Emitted:
     input_offset: int = -1  # of the event whose handler emitted it
 
 
+# An aggregate as folded so far: (fence, late fence, state).
+Folded = tuple[int, int, Any]
+
+
 @dataclass(slots=True)
 class BatchResult:
     partition: int
@@ -73,6 +77,7 @@ class BatchResult:
     skipped: int = 0
     late: int = 0  # late records (forwarded from the previous generation) applied
     last_input_offset: dict[bytes, int] = field(default_factory=dict)
+    folded: dict[bytes, Folded] = field(default_factory=dict)  # of the keys in dirty
 
 
 class BatchApplier(Generic[A]):
@@ -81,17 +86,30 @@ class BatchApplier(Generic[A]):
         self.events = EventCodec(domain)
         self.aggregates: AggregateCodec[A] = AggregateCodec(domain.aggregate)
 
-    def apply(self, store: PartitionStore, records: Sequence[InputRecord]) -> BatchResult:
+    def apply(
+        self,
+        store: PartitionStore,
+        records: Sequence[InputRecord],
+        pending: dict[bytes, Folded] | None = None,
+    ) -> BatchResult:
+        """Fold ``records`` into their aggregates: from ``pending`` (the state of a batch
+        not yet written to the store) where it has them, else from the store."""
         result = BatchResult(partition=store.partition)
         if not records:
             return result
         keys = list({r.key for r in records if r.key})
         cache: dict[bytes, tuple[int, int, A | None]] = {}
+        if pending:
+            cache.update((k, pending[k]) for k in keys if k in pending)
+            keys = [k for k in keys if k not in cache]
+        decode = self.aggregates.decode_fenced
         for key, raw in zip(keys, store.get_many(keys), strict=True):
-            cache[key] = (
-                (NO_OFFSET, NO_OFFSET, None) if raw is None else self.aggregates.decode_fenced(raw)
-            )
-        ids = {key: _aggregate_id(key) for key in keys}  # checked once per key and batch
+            cache[key] = (NO_OFFSET, NO_OFFSET, None) if raw is None else decode(raw)
+        # A stored aggregate's key was checked when it was made: new ones only, once a batch.
+        ids = {
+            key: _aggregate_id(key) if state[2] is None else (key.decode(), None)
+            for key, state in cache.items()
+        }
         handlers = self.domain.handlers
         aggregate_type = self.domain.aggregate
         for record in records:
@@ -104,14 +122,15 @@ class BatchApplier(Generic[A]):
                 )
                 continue
             fence, late_fence, aggregate = cache[key]
-            late = _late_offset(record.headers)
+            headers = record.headers
+            late = _late_offset(headers) if headers else None
             if record.offset <= fence or (late is not None and late <= late_fence):
                 # Already applied before a crash (or forwarded twice): applying it again
                 # would count it twice.
                 result.skipped += 1
                 continue
             try:
-                event = self.events.decode(record.value, record.headers)
+                event = self.events.decode(record.value, headers)
             except DecodeError as exc:
                 result.dead.append(DeadLetter(record, "invalid_event", str(exc)))
                 continue
@@ -162,16 +181,19 @@ class BatchApplier(Generic[A]):
                 headers.append((ID_HEADER, event_id.encode()))
                 result.emitted.append(Emitted(key, value, headers, record.offset))
         result.next_offset = records[-1].offset + 1
+        encode = self.aggregates.encode
         for key in result.last_input_offset:
-            offset, late_fence, aggregate = cache[key]
+            folded = cache[key]
+            offset, late_fence, aggregate = folded
             if aggregate is not None:
-                result.dirty[key] = self.aggregates.encode(offset, aggregate, late_fence)
+                result.dirty[key] = encode(offset, aggregate, late_fence)
+                result.folded[key] = folded
         return result
 
 
 def _late_offset(headers: Sequence[tuple[str, bytes]]) -> int | None:
     """The old-topic offset of a late record (its last header), None for any other."""
-    if not headers or headers[-1][0] != LATE_HEADER:
+    if headers[-1][0] != LATE_HEADER:
         return None
     return int(headers[-1][1].rpartition(b"/")[2])
 

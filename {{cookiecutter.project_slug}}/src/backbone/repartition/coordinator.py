@@ -119,7 +119,7 @@ class Coordinator:
         processor = engine.parts.processor if engine.parts is not None else None
         if processor is not None and processor.drain_to is not plan.barrier:
             processor.drain_to = plan.barrier
-            async with processor.lock:
+            async with processor.idle():
                 pass  # a batch fetched before the barrier was known ends first: drained counts it
         await self._record_drained(plan)
         self._derive_held(plan)
