@@ -8,7 +8,7 @@ handler per event type. The engine never imports the service package: it receive
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -84,8 +84,9 @@ class Handlers(Generic[A]):
 
         return register
 
-    def for_type(self, event_type: type[Event]) -> Handler[A, Any] | None:
-        return self._by_type.get(event_type)
+    @property
+    def by_type(self) -> Mapping[type[Event], Handler[A, Any]]:
+        return self._by_type
 
     @property
     def event_types(self) -> tuple[type[Event], ...]:

@@ -110,33 +110,38 @@ class BatchApplier(Generic[A]):
             key: _aggregate_id(key) if state[2] is None else (key.decode(), None)
             for key, state in cache.items()
         }
-        handlers = self.domain.handlers
+        by_type = self.domain.handlers.by_type
+        decode_event = self.events.decode
         aggregate_type = self.domain.aggregate
+        dead = result.dead
+        last_input_offset = result.last_input_offset
+        applied = 0
         for record in records:
             key = record.key or b""
             if not key:
-                result.dead.append(
+                dead.append(
                     DeadLetter(
                         record, "missing_key", "the record has no key: set it to the aggregate id"
                     )
                 )
                 continue
             fence, late_fence, aggregate = cache[key]
+            offset = record.offset
             headers = record.headers
             late = _late_offset(headers) if headers else None
-            if record.offset <= fence or (late is not None and late <= late_fence):
+            if offset <= fence or (late is not None and late <= late_fence):
                 # Already applied before a crash (or forwarded twice): applying it again
                 # would count it twice.
                 result.skipped += 1
                 continue
             try:
-                event = self.events.decode(record.value, headers)
+                event = decode_event(record.value, headers)
             except DecodeError as exc:
-                result.dead.append(DeadLetter(record, "invalid_event", str(exc)))
+                dead.append(DeadLetter(record, "invalid_event", str(exc)))
                 continue
-            handler = handlers.for_type(type(event))
+            handler = by_type.get(type(event))
             if handler is None:
-                result.dead.append(
+                dead.append(
                     DeadLetter(
                         record, "unhandled_type", f"no handler for {event_type_name(type(event))!r}"
                     )
@@ -144,23 +149,19 @@ class BatchApplier(Generic[A]):
                 continue
             aggregate_id, problem = ids[key]
             if problem is not None:  # the HTTP API could never read it back
-                result.dead.append(DeadLetter(record, "invalid_key", problem))
+                dead.append(DeadLetter(record, "invalid_key", problem))
                 continue
-            ctx = Context(
-                aggregate_id, record.topic, record.partition, record.offset, record.timestamp
-            )
+            ctx = Context(aggregate_id, record.topic, record.partition, offset, record.timestamp)
             try:
                 updated = handler(aggregate, event, ctx)
             except DomainError as exc:
-                result.dead.append(DeadLetter(record, "rejected", str(exc)))
+                dead.append(DeadLetter(record, "rejected", str(exc)))
                 continue
             except Exception as exc:
-                result.dead.append(
-                    DeadLetter(record, "handler_error", f"{type(exc).__name__}: {exc}")
-                )
+                dead.append(DeadLetter(record, "handler_error", f"{type(exc).__name__}: {exc}"))
                 continue
-            if not isinstance(updated, aggregate_type):
-                result.dead.append(
+            if type(updated) is not aggregate_type and not isinstance(updated, aggregate_type):
+                dead.append(
                     DeadLetter(
                         record,
                         "handler_error",
@@ -172,14 +173,12 @@ class BatchApplier(Generic[A]):
             if late is not None:
                 late_fence = late
                 result.late += 1
-            cache[key] = (record.offset, late_fence, updated)
-            result.last_input_offset[key] = record.offset
-            result.applied += 1
-            for index, emitted in enumerate(ctx.emitted):
-                value, headers = self.events.encode(emitted)
-                event_id = f"{record.topic}/{record.partition}/{record.offset}/{index}"
-                headers.append((ID_HEADER, event_id.encode()))
-                result.emitted.append(Emitted(key, value, headers, record.offset))
+            cache[key] = (offset, late_fence, updated)
+            last_input_offset[key] = offset
+            applied += 1
+            if ctx.emitted:
+                self._emit(result, record, key, ctx.emitted)
+        result.applied = applied
         result.next_offset = records[-1].offset + 1
         encode = self.aggregates.encode
         for key in result.last_input_offset:
@@ -189,6 +188,15 @@ class BatchApplier(Generic[A]):
                 result.dirty[key] = encode(offset, aggregate, late_fence)
                 result.folded[key] = folded
         return result
+
+    def _emit(
+        self, result: BatchResult, record: InputRecord, key: bytes, events: list[Any]
+    ) -> None:
+        for index, emitted in enumerate(events):
+            value, headers = self.events.encode(emitted)
+            event_id = f"{record.topic}/{record.partition}/{record.offset}/{index}"
+            headers.append((ID_HEADER, event_id.encode()))
+            result.emitted.append(Emitted(key, value, headers, record.offset))
 
 
 def _late_offset(headers: Sequence[tuple[str, bytes]]) -> int | None:
