@@ -14,6 +14,7 @@ from backbone.admin import dlq, repartition
 from backbone.admin.bootstrap import bootstrap_offline
 from backbone.admin.loss import AdminError, accept_loss
 from backbone.admin.repartition import RepartitionError
+from backbone.gc_tuning import tune_gc
 from backbone.observability import configure_logging
 from backbone.settings import SettingsError
 from backbone.snapshot.bootstrap import NoSourceError
@@ -30,6 +31,7 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
 
     settings = service.settings()
     app = service.app(settings)
+    tune_gc()
     asyncio.run(serve(app, internal_app(app.state.engine), settings))
     return 0
 
