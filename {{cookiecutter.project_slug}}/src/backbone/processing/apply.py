@@ -98,23 +98,27 @@ class BatchApplier(Generic[A]):
         if not records:
             return result
         keys = list({r.key for r in records if r.key})
-        cache: dict[bytes, tuple[int, int, A | None]] = {}
+        # Per key, one list read and updated in place (one dict lookup per record):
+        # [fence, late fence, state, aggregate id, what is wrong with the id, last input
+        # offset applied in this batch (NO_OFFSET: none)].
+        states: dict[bytes, list[Any]] = {}
         if pending:
-            cache.update((k, pending[k]) for k in keys if k in pending)
-            keys = [k for k in keys if k not in cache]
+            for key in keys:
+                folded = pending.get(key)
+                if folded is not None:
+                    states[key] = [*folded, key.decode(), None, NO_OFFSET]
+            keys = [k for k in keys if k not in states]
         decode = self.aggregates.decode_fenced
         for key, raw in zip(keys, store.get_many(keys), strict=True):
-            cache[key] = (NO_OFFSET, NO_OFFSET, None) if raw is None else decode(raw)
-        # A stored aggregate's key was checked when it was made: new ones only, once a batch.
-        ids = {
-            key: _aggregate_id(key) if state[2] is None else (key.decode(), None)
-            for key, state in cache.items()
-        }
+            if raw is None:
+                # A stored aggregate's key was checked when it was made: new ones only.
+                states[key] = [NO_OFFSET, NO_OFFSET, None, *_aggregate_id(key), NO_OFFSET]
+            else:
+                states[key] = [*decode(raw), key.decode(), None, NO_OFFSET]
         by_type = self.domain.handlers.by_type
         decode_event = self.events.decode
         aggregate_type = self.domain.aggregate
         dead = result.dead
-        last_input_offset = result.last_input_offset
         applied = 0
         for record in records:
             key = record.key or b""
@@ -125,11 +129,11 @@ class BatchApplier(Generic[A]):
                     )
                 )
                 continue
-            fence, late_fence, aggregate = cache[key]
+            state = states[key]
             offset = record.offset
             headers = record.headers
             late = _late_offset(headers) if headers else None
-            if offset <= fence or (late is not None and late <= late_fence):
+            if offset <= state[0] or (late is not None and late <= state[1]):
                 # Already applied before a crash (or forwarded twice): applying it again
                 # would count it twice.
                 result.skipped += 1
@@ -147,13 +151,12 @@ class BatchApplier(Generic[A]):
                     )
                 )
                 continue
-            aggregate_id, problem = ids[key]
-            if problem is not None:  # the HTTP API could never read it back
-                dead.append(DeadLetter(record, "invalid_key", problem))
+            if state[4] is not None:  # the HTTP API could never read it back
+                dead.append(DeadLetter(record, "invalid_key", state[4]))
                 continue
-            ctx = Context(aggregate_id, record.topic, record.partition, offset, record.timestamp)
+            ctx = Context(state[3], record.topic, record.partition, offset, record.timestamp)
             try:
-                updated = handler(aggregate, event, ctx)
+                updated = handler(state[2], event, ctx)
             except DomainError as exc:
                 dead.append(DeadLetter(record, "rejected", str(exc)))
                 continue
@@ -171,22 +174,23 @@ class BatchApplier(Generic[A]):
                 )
                 continue
             if late is not None:
-                late_fence = late
+                state[1] = late
                 result.late += 1
-            cache[key] = (offset, late_fence, updated)
-            last_input_offset[key] = offset
+            state[0] = state[5] = offset
+            state[2] = updated
             applied += 1
             if ctx.emitted:
                 self._emit(result, record, key, ctx.emitted)
         result.applied = applied
         result.next_offset = records[-1].offset + 1
         encode = self.aggregates.encode
-        for key in result.last_input_offset:
-            folded = cache[key]
-            offset, late_fence, aggregate = folded
+        for key, (fence, late_fence, aggregate, _, _, last) in states.items():
+            if last == NO_OFFSET:
+                continue
+            result.last_input_offset[key] = last
             if aggregate is not None:
-                result.dirty[key] = encode(offset, aggregate, late_fence)
-                result.folded[key] = folded
+                result.dirty[key] = encode(fence, aggregate, late_fence)
+                result.folded[key] = (fence, late_fence, aggregate)
         return result
 
     def _emit(
