@@ -16,6 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from backbone.kafka_connection import KafkaConnection, kafka_connection
 from backbone.repartition.plan import Generation, Generations, record
 from backbone.settings import EngineSettings
+from backbone.topics import durability
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +33,10 @@ async def ensure_control_topic(admin: AIOKafkaAdminClient, service: str, replica
     name = control_topic(service)
     if name in set(await admin.list_topics()):
         return
+    factor, durable = await durability(admin, replication)
+    topic = NewTopic(name, 1, factor, topic_configs={**durable, **CONTROL_CONFIG})
     with contextlib.suppress(TopicAlreadyExistsError):  # another node was first
-        await admin.create_topics([NewTopic(name, 1, replication, topic_configs=CONTROL_CONFIG)])
+        await admin.create_topics([topic])
 
 
 class ControlLog:

@@ -117,8 +117,13 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 12
     replication_factor: Annotated[
-        int, _setting("replication factor of the topics the node creates", ge=1)
-    ] = 1
+        int,
+        _setting(
+            "replication factor of the topics the node creates; `min.insync.replicas` is 2 "
+            "when it is 3 or more. `0`: 3, or the brokers in the cluster when they are fewer",
+            ge=0,
+        ),
+    ] = 0
     standby_replicas: Annotated[
         int,
         _setting(
