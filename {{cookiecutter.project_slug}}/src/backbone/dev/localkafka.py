@@ -229,19 +229,17 @@ def make_pki(directory: Path, store_password: str) -> None:
     if shutil.which("openssl") is None:
         raise LocalKafkaError("`openssl` is not on PATH: it makes the SASL_SSL certificates")
     directory.mkdir(parents=True, exist_ok=True)
-    days = ("-days", "30")
-    key = ("-newkey", "rsa:2048", "-nodes")
-    _openssl("req", "-x509", *key, *days, "-subj", "/CN=localkafka-ca", "-keyout", "ca.key",
-             "-out", "ca.pem", cwd=directory)  # fmt: skip
-    _openssl("req", *key, "-subj", "/CN=localkafka", "-keyout", "broker.key", "-out",
-             "broker.csr", cwd=directory)  # fmt: skip
     (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", *days, "-extfile", "san.cnf", "-out", "broker.pem",
-             cwd=directory)  # fmt: skip
-    _openssl("pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile",
-             "ca.pem", "-out", "broker.p12", "-passout", f"pass:{store_password}",
-             cwd=directory)  # fmt: skip
+    key = "-newkey rsa:2048 -nodes"
+    for step in (
+        f"req -x509 {key} -days 30 -subj /CN=localkafka-ca -keyout ca.key -out ca.pem",
+        f"req {key} -subj /CN=localkafka -keyout broker.key -out broker.csr",
+        "x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 "
+        "-extfile san.cnf -out broker.pem",
+        "pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -out broker.p12 "
+        f"-passout pass:{store_password}",
+    ):
+        _openssl(*step.split(), cwd=directory)
 
 
 def _brokers_seen(brokers: str) -> set[int]:
@@ -295,10 +293,9 @@ class LocalKafka:
     def sasl_ssl(self) -> SaslSsl:
         """The SASL_SSL listeners, their CA and user (a cluster started with ``sasl_ssl``)."""
         state = self._load()
-        if state is None or not state.get("sasl_ssl"):
+        secured = state.get("sasl_ssl") if state is not None else None
+        if secured is None:
             raise LocalKafkaError(f"no cluster with SASL_SSL listeners started in {self.workdir}")
-        secured = state["sasl_ssl"]
-        assert secured is not None
         return secured
 
     def _alive(self, node: _Node) -> bool:
