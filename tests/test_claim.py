@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from backbone.changelog.epochs import epoch_header
 from backbone.changelog.reader import ChangelogReader
 from backbone.changelog.writer import ChangelogWriter, send_to_partition
+from backbone.kafka_connection import KafkaConnection
 from backbone.processing.processor import Processor
 from backbone.store import PartitionStore
 from backbone.topics import Topics
@@ -49,7 +50,7 @@ def test_claims_take_turns_and_readers_skip_the_loser(kafka_brokers: str, tmp_pa
         await create_topic(kafka_brokers, topics.events, 1)
         await create_topic(kafka_brokers, topics.changelog, 1)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_brokers, acks="all")
-        reader = ChangelogReader(kafka_brokers, topics.changelog, "test")
+        reader = ChangelogReader(KafkaConnection(kafka_brokers), topics.changelog, "test")
         consumer = await member(kafka_brokers, topics)
         outsider = AIOKafkaConsumer(bootstrap_servers=kafka_brokers, group_id=topics.group)
         await producer.start()

@@ -22,6 +22,7 @@ from test_readmodel_epochs import CODEC, Record, Thing, projection, rows, url  #
 
 from backbone.changelog.epochs import epoch_header
 from backbone.changelog.sources import ChangelogSource
+from backbone.kafka_connection import KafkaConnection
 from backbone.readmodel import ReadModel
 from backbone.readmodel.projector import Projector
 from backbone.readmodel.rebuild import SideTables
@@ -63,7 +64,9 @@ async def _swap_on_an_idle_topic(brokers: str, url: str) -> None:  # noqa: F811
     final = {f"k{p}-{j}": PER_PARTITION - 10 + j for p in range(PARTITIONS) for j in range(10)}
 
     model = ReadModel(url, projection(), Thing)
-    projector = Projector(brokers, lambda: [ChangelogSource(topic, PARTITIONS)], model)
+    projector = Projector(
+        KafkaConnection(brokers), lambda: [ChangelogSource(topic, PARTITIONS)], model
+    )
     await projector.start()
     try:
         await _until(lambda: projector.lag() == 0, 60, "the projector caught up")

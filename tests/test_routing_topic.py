@@ -20,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from backbone.assignment import RoutingView, decode_view
 from backbone.dev.cluster import NodeProcess, wait_until
+from backbone.kafka_connection import KafkaConnection
 from backbone.node.routing import RoutingTable
 
 from clustertools import assignment, new_service, status
@@ -78,7 +79,7 @@ def owners_outside_a_node(brokers: str, group: str, topic: str) -> dict[int, str
     """What ``accept-loss`` and ``bootstrap`` see: a table of their own, read to the end."""
 
     async def read() -> dict[int, str]:
-        table = RoutingTable(brokers, group, topic)
+        table = RoutingTable(KafkaConnection(brokers), group, topic)
         await table.start()
         try:
             await table.refresh()

@@ -22,6 +22,7 @@ from backbone.assignment import (
     decode_view,
     encode_view,
 )
+from backbone.kafka_connection import KafkaConnection
 from backbone.node.routing import Replica, Routes, RoutingTable
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -166,7 +167,9 @@ def record(key: bytes, value: bytes | None, offset: int) -> ConsumerRecord[bytes
 def test_the_table_keeps_the_newest_generation_of_its_group() -> None:
     async def follow() -> None:
         local = {"generation": 5}
-        table = RoutingTable("localhost:1", "svc", "svc.routing", lambda: local["generation"])
+        table = RoutingTable(
+            KafkaConnection("localhost:1"), "svc", "svc.routing", lambda: local["generation"]
+        )
         assert table.routes.group_state == "Unknown" and table.owner(0) is None
         v5, v4 = leader_view(2, 4, 1, 5), leader_view(3, 4, 1, 4)
         table._apply(record(b"svc", encode_view(v5), 0))
@@ -187,7 +190,8 @@ def test_the_table_keeps_the_newest_generation_of_its_group() -> None:
         assert table.routes.generation == 1
         table._apply(record(b"svc", None, 6))  # a tombstone forgets the view
         assert table.routes.group_state == "Unknown" and table.routes.active == {}
-        outside = RoutingTable("localhost:1", "svc", "svc.routing")  # an admin command
+        # an admin command
+        outside = RoutingTable(KafkaConnection("localhost:1"), "svc", "svc.routing")
         outside._apply(record(b"svc", encode_view(v4), 0))
         assert outside.routes.group_state == "Stable"
 
@@ -198,7 +202,7 @@ def test_a_node_missing_from_the_view_of_its_generation_rejoins_once() -> None:
     async def follow() -> None:
         rejoins: list[int] = []
         table = RoutingTable(
-            "localhost:1",
+            KafkaConnection("localhost:1"),
             "svc",
             "svc.routing",
             lambda: 5,
@@ -210,7 +214,7 @@ def test_a_node_missing_from_the_view_of_its_generation_rejoins_once() -> None:
         table._check_listed()
         assert rejoins == [1]
         listed = RoutingTable(
-            "localhost:1",
+            KafkaConnection("localhost:1"),
             "svc",
             "svc.routing",
             lambda: 5,

@@ -228,37 +228,45 @@ def test_settings_built_directly_keep_their_defaults() -> None:
 # Fault injection: a test-only wrapper, outside production code
 
 
-def test_the_fault_hook_stalls_before_publishing_and_delays_after(
+def test_the_fault_hooks_stall_before_sending_and_delay_after_the_acks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from backbone.dev import faults
-    from backbone.processing.processor import Processor
+    from backbone.processing.processor import Processor, Staged
 
-    monkeypatch.setattr(Processor, "_publish_all", Processor._publish_all)  # undone after
+    for name in ("_send", "_acked", "_advance"):
+        monkeypatch.setattr(Processor, name, getattr(Processor, name))  # undone after
     calls: list[str] = []
-    original = Processor._publish_all
 
-    async def publish_all(self: Processor, results: list[object]) -> list[None]:
-        calls.append("published")
+    async def send(self: Processor, staged: Staged) -> None:
+        calls.append("sent")
+
+    async def acked(self: Processor, inflight: Staged) -> list[None]:
+        calls.append("acked")
         return [None]
 
-    monkeypatch.setattr(Processor, "_publish_all", publish_all)
+    monkeypatch.setattr(Processor, "_send", send)
+    monkeypatch.setattr(Processor, "_acked", acked)
     faults.install(stall_ms=50, delay_ms=50)
-    assert Processor._publish_all is not publish_all and Processor._publish_all is not original
+    assert Processor._send is not send and Processor._acked is not acked
 
     class Result:
         partition = 4
 
+    staged = Staged(started=0.0, results=[Result()])  # type: ignore[list-item]
     loop = asyncio.new_event_loop()
     try:
         with structlog.testing.capture_logs() as logs:
             started = loop.time()
-            sent = loop.run_until_complete(Processor._publish_all(object(), [Result()]))
-            took = loop.time() - started
+            loop.run_until_complete(Processor._send(object(), staged))  # type: ignore[arg-type]
+            stalled = loop.time() - started
+            started = loop.time()
+            sent = loop.run_until_complete(Processor._acked(object(), staged))  # type: ignore[arg-type]
+            delayed = loop.time() - started
     finally:
         loop.close()
-    assert sent == [None] and calls == ["published"]
-    assert took >= 0.1
+    assert sent == [None] and calls == ["sent", "acked"]
+    assert stalled >= 0.05 and delayed >= 0.05
     assert logs == [{"event": "fault_stall", "partitions": [4], "log_level": "warning"}]
 
 

@@ -15,6 +15,7 @@ from backbone.admin.bootstrap import bootstrap_offline
 from backbone.admin.loss import AdminError, accept_loss
 from backbone.admin.repartition import RepartitionError
 from backbone.gc_tuning import tune_gc
+from backbone.kafka_connection import KafkaAccessError, check_kafka, kafka_connection
 from backbone.observability import configure_logging
 from backbone.settings import SettingsError
 from backbone.snapshot.bootstrap import NoSourceError
@@ -31,6 +32,9 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
 
     settings = service.settings()
     app = service.app(settings)
+    # Refused credentials or certificates end the node here, in words, before any client
+    # would retry them.
+    asyncio.run(check_kafka(kafka_connection(settings)))
     tune_gc()
     asyncio.run(serve(app, internal_app(app.state.engine), settings))
     return 0
@@ -83,7 +87,7 @@ def _dlq_replay(service: Service[Any], args: argparse.Namespace) -> int:
     async def replay() -> dlq.ReplayReport:
         generation = await repartition.current_generation(settings)
         topics = Topics(settings.service, settings.store, generation.number)
-        return await dlq.replay(settings.brokers, topics, selection, args.dry_run, show)
+        return await dlq.replay(kafka_connection(settings), topics, selection, args.dry_run, show)
 
     report = asyncio.run(replay())
     verb = "would replay" if args.dry_run else "replayed"
@@ -219,6 +223,7 @@ def main(service: Service[Any], argv: list[str] | None = None) -> int:
         code: int = args.func(service, args)
     except (
         SettingsError,
+        KafkaAccessError,
         LookupError,
         ValueError,
         NoSourceError,

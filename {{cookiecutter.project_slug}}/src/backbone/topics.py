@@ -69,6 +69,16 @@ ROUTING_CONFIG = {
 }
 
 
+async def durability(admin: AIOKafkaAdminClient, replication: int) -> tuple[int, dict[str, str]]:
+    """The replication factor of a new topic (``replication``; 0: 3, or the live brokers when
+    fewer) and its configuration: with 3 replicas, an acknowledged write (acks=all) is on
+    2 brokers at least, so one broker's loss loses nothing and stops no writer."""
+    if replication == 0:
+        brokers = (await admin.describe_cluster())["brokers"]
+        replication = max(1, min(3, len(brokers)))
+    return replication, ({"min.insync.replicas": "2"} if replication >= 3 else {})
+
+
 def changelog_config(retention_ms: int, retention_bytes: int, segment_ms: int) -> dict[str, str]:
     """Compacted, plus deletion of old segments unless both limits are -1 (infinite)."""
     if retention_ms < 0 and retention_bytes < 0:
@@ -100,15 +110,16 @@ async def ensure_topics(
         topics.routing: (1, ROUTING_CONFIG),
     }
     existing = set(await admin.list_topics())
-    missing = [
-        NewTopic(name, count, replication, topic_configs=config)
-        for name, (count, config) in wanted.items()
-        if name not in existing
-    ]
-    if missing:
+    names = [name for name in wanted if name not in existing]
+    if names:
+        factor, durable = await durability(admin, replication)
+        missing = [
+            NewTopic(name, wanted[name][0], factor, topic_configs={**durable, **wanted[name][1]})
+            for name in names
+        ]
         with contextlib.suppress(TopicAlreadyExistsError):  # another node was first
             await admin.create_topics(missing)
-        log.info("topics_created", topics=[t.name for t in missing], partitions=partitions)
+        log.info("topics_created", topics=names, partitions=partitions, replication=factor)
     described = await admin.describe_topics(list(wanted))
     for topic in described:
         count = len(topic.get("partitions", []))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from backbone.admin.repartition import current_generation
+from backbone.kafka_connection import kafka_connection
 from backbone.node.peers import GroupPeers
 from backbone.node.routing import RoutingTable
 from backbone.node.tls import client_tls
@@ -34,8 +35,9 @@ async def bootstrap_offline(
     stores.open(partition)  # StoreLockedError while the node runs: it must be stopped first
     stores.close(partition)
     topics = Topics(settings.service, settings.store, generation.number)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers)
-    routing = RoutingTable(settings.brokers, topics.group, topics.routing)
+    kafka = kafka_connection(settings)
+    consumer = AIOKafkaConsumer(**kafka.kwargs())
+    routing = RoutingTable(kafka, topics.group, topics.routing)
     await consumer.start()
     await routing.start()
     try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from backbone.kafka_connection import KafkaConnection
 from backbone.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,7 @@ class ReplayReport:
 
 
 async def replay(
-    bootstrap: str,
+    kafka: KafkaConnection,
     topics: Topics,
     selection: Selection,
     dry_run: bool = False,
@@ -53,10 +54,8 @@ async def replay(
     Reads the DLQ up to its end at the time of the call, so a record that fails again and
     lands in the DLQ once more is not replayed in a loop.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    consumer = AIOKafkaConsumer(**kafka.kwargs(), group_id=None, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**kafka.kwargs(), acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
     report = ReplayReport()

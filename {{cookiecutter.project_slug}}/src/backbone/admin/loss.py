@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from backbone.admin.repartition import current_generation
+from backbone.kafka_connection import kafka_connection
 from backbone.node.routing import RoutingTable
 from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
@@ -28,7 +29,7 @@ async def accept_loss(
         raise ValueError(f"partition {partition} does not exist: use 0..{count - 1}")
     if node_url is None:
         topics = Topics(settings.service, "", generation.number)
-        routing = RoutingTable(settings.brokers, topics.group, topics.routing)
+        routing = RoutingTable(kafka_connection(settings), topics.group, topics.routing)
         await routing.start()
         try:
             await routing.refresh()

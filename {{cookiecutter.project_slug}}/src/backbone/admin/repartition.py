@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backbone.kafka_connection import kafka_connection
 from backbone.repartition.control import ControlLog, open_control_log
 from backbone.repartition.coordinator import retire as retire_generation
 from backbone.repartition.layout import check_counts
@@ -114,7 +115,7 @@ async def retire(settings: EngineSettings) -> dict[str, Any]:
         if previous is None:
             raise RepartitionError("there is no previous generation to retire")
         topics = Topics(settings.service, settings.store)
-        await retire_generation(control, settings.brokers, topics, previous, "cli")
+        await retire_generation(control, kafka_connection(settings), topics, previous, "cli")
         await control.wait_changed(5.0)
         return describe(control.state)
     finally:

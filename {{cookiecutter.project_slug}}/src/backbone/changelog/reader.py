@@ -12,6 +12,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from backbone.changelog.epochs import EpochFilter
+from backbone.kafka_connection import KafkaConnection
 from backbone.store import PartitionStore
 
 log = structlog.get_logger(__name__)
@@ -75,7 +76,7 @@ class _Task:
 class ChangelogReader:
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         client_id: str,
         on_gap: Callable[[int], None] = lambda _: None,
@@ -83,7 +84,7 @@ class ChangelogReader:
         self.topic = topic
         self.on_gap = on_gap
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **kafka.kwargs(),
             client_id=f"{client_id}-changelog",
             group_id=None,
             enable_auto_commit=False,
@@ -94,7 +95,7 @@ class ChangelogReader:
         # Offset lookups wait behind the reader's long-poll fetches on a shared connection:
         # a client of their own answers them at once (it speeds up failover).
         self._lookup = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **kafka.kwargs(),
             client_id=f"{client_id}-offsets",
             group_id=None,
             auto_offset_reset="earliest",

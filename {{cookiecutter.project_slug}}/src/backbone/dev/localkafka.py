@@ -1,11 +1,16 @@
 """A real local Apache Kafka cluster (KRaft, 1 or 3 nodes on 127.0.0.1) for tests, demo, benchmarks.
 
-    python -m backbone.dev.localkafka start [--nodes 1|3] [--dir .kafka] [--timeout 90]
+    python -m backbone.dev.localkafka start [--nodes 1|3] [--sasl-ssl] [--dir .kafka] [--timeout 90]
     python -m backbone.dev.localkafka stop [--dir .kafka] [--wipe]
     python -m backbone.dev.localkafka jars
 
 Jars come from Maven Central and are cached in $BACKBONE_KAFKA_CACHE/kafka-<version>/lib
 (default ~/.cache/backbone); the version is $BACKBONE_KAFKA_VERSION (default 4.1.1).
+
+``--sasl-ssl`` adds a SASL_SSL listener on each broker: a CA and a broker certificate made
+with ``openssl`` at start, and one user (SCRAM-SHA-512 and PLAIN) with a random password;
+``cluster.json`` names the port, the CA file and the credentials. The PLAINTEXT listener
+stays, for the brokers among themselves and for local tools.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -53,11 +59,11 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 _SERVER = """process.roles=broker,controller
 node.id={id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 log.dirs={dir}/data
 offsets.topic.replication.factor={n}
 transaction.state.log.replication.factor={n}
@@ -70,6 +76,19 @@ group.initial.rebalance.delay.ms=0
 log.retention.check.interval.ms=5000
 log.segment.delete.delay.ms=1000
 """
+
+_SASL_SSL = """sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+  org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=\
+  org.apache.kafka.common.security.plain.PlainLoginModule required user_{user}="{password}";
+ssl.keystore.type=PKCS12
+ssl.keystore.location={pki}/broker.p12
+ssl.keystore.password={store_password}
+ssl.key.password={store_password}
+"""
+
+SASL_USER = "backbone"
 
 _LOG4J = """rootLogger.level=WARN
 rootLogger.appenderRef.f.ref=F
@@ -88,8 +107,18 @@ class LocalKafkaError(RuntimeError):
 class _Node(TypedDict):
     id: int
     port: int
+    secure_port: int  # SASL_SSL; 0 without
     controller_port: int
     pid: int
+
+
+class SaslSsl(TypedDict):
+    """How a client reaches the SASL_SSL listeners."""
+
+    brokers: str
+    ca_file: str
+    username: str
+    password: str
 
 
 class _State(TypedDict):
@@ -97,6 +126,7 @@ class _State(TypedDict):
     cluster_id: str
     version: str
     nodes: list[_Node]
+    sasl_ssl: SaslSsl | None
 
 
 def _say(msg: str) -> None:
@@ -188,6 +218,30 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    done = run(["openssl", *args], cwd=cwd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LocalKafkaError(f"`openssl {args[0]}` failed:\n{_tail(done.stderr)}")
+
+
+def make_pki(directory: Path, store_password: str) -> None:
+    """ca.pem, and broker.p12: the brokers' key and certificate for 127.0.0.1, signed by it."""
+    if shutil.which("openssl") is None:
+        raise LocalKafkaError("`openssl` is not on PATH: it makes the SASL_SSL certificates")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    key = "-newkey rsa:2048 -nodes"
+    for step in (
+        f"req -x509 {key} -days 30 -subj /CN=localkafka-ca -keyout ca.key -out ca.pem",
+        f"req {key} -subj /CN=localkafka -keyout broker.key -out broker.csr",
+        "x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 "
+        "-extfile san.cnf -out broker.pem",
+        "pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -out broker.p12 "
+        f"-passout pass:{store_password}",
+    ):
+        _openssl(*step.split(), cwd=directory)
+
+
 def _brokers_seen(brokers: str) -> set[int]:
     async def probe() -> set[int]:
         client = AIOKafkaClient(bootstrap_servers=brokers, request_timeout_ms=5000)
@@ -205,11 +259,14 @@ def _brokers_seen(brokers: str) -> set[int]:
 
 
 class LocalKafka:
-    def __init__(self, workdir: Path, nodes: int = 1, version: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, nodes: int = 1, version: str | None = None, sasl_ssl: bool = False
+    ) -> None:
         if nodes not in (1, 3):
             raise ValueError(f"nodes must be 1 or 3, not {nodes}")
         self.workdir = Path(workdir).resolve()
         self.nodes = nodes
+        self.secured = sasl_ssl
         self.version = _version(version)
         self._procs: dict[int, Popen[bytes]] = {}
         self._state: _State | None = None
@@ -231,6 +288,15 @@ class LocalKafka:
         if state is None:
             raise LocalKafkaError(f"no cluster started in {self.workdir}")
         return state["brokers"]
+
+    @property
+    def sasl_ssl(self) -> SaslSsl:
+        """The SASL_SSL listeners, their CA and user (a cluster started with ``sasl_ssl``)."""
+        state = self._load()
+        secured = state.get("sasl_ssl") if state is not None else None
+        if secured is None:
+            raise LocalKafkaError(f"no cluster with SASL_SSL listeners started in {self.workdir}")
+        return secured
 
     def _alive(self, node: _Node) -> bool:
         """True while the pid is still this node's JVM: a recycled pid is never signalled."""
@@ -266,25 +332,52 @@ class LocalKafka:
             raise LocalKafkaError(f"a cluster is already running in {self.workdir}; stop it first")
         check_java()
         ensure_jars(self.version)
-        n, ports, cluster_id = self.nodes, _free_ports(2 * self.nodes), _cluster_id()
+        n, ports, cluster_id = self.nodes, _free_ports(3 * self.nodes), _cluster_id()
         nodes = [
-            _Node(id=i, port=ports[2 * i], controller_port=ports[2 * i + 1], pid=0)
+            _Node(
+                id=i,
+                port=ports[3 * i],
+                secure_port=ports[3 * i + 2] if self.secured else 0,
+                controller_port=ports[3 * i + 1],
+                pid=0,
+            )
             for i in range(n)
         ]
         voters = ",".join(f"{m['id']}@127.0.0.1:{m['controller_port']}" for m in nodes)
+        secured, extra, scram = self._secure(nodes)
         for m in nodes:
             d = self._node_dir(m["id"])
             shutil.rmtree(d, ignore_errors=True)  # every start is a fresh cluster
             (d / "data").mkdir(parents=True)
             (d / "log4j2.properties").write_text(_LOG4J.format(file=d / "broker.log"))
+            listeners = f"PLAINTEXT://127.0.0.1:{m['port']}"
+            if m["secure_port"]:
+                listeners += f",SASL_SSL://127.0.0.1:{m['secure_port']}"
             (d / "server.properties").write_text(
-                _SERVER.format(n=n, min_isr=1 if n == 1 else 2, voters=voters, dir=d, **m)
+                _SERVER.format(
+                    n=n,
+                    min_isr=1 if n == 1 else 2,
+                    voters=voters,
+                    dir=d,
+                    listeners=listeners,
+                    **m,
+                )
+                + extra
             )
         # Short-lived JVMs: C1 only and the serial GC start ~30% faster (2-CPU laptops, CI).
         fast = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "kafka.tools.StorageTool")
         fmt = [
             self._java(
-                i, *fast, "format", "-t", cluster_id, "-c", self._props(i), out=PIPE, session=False
+                i,
+                *fast,
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                self._props(i),
+                *scram,
+                out=PIPE,
+                session=False,
             )
             for i in range(n)
         ]
@@ -301,7 +394,11 @@ class LocalKafka:
             self._procs[m["id"]], m["pid"] = proc, proc.pid
         brokers = ",".join(f"127.0.0.1:{m['port']}" for m in nodes)
         self._state = _State(
-            brokers=brokers, cluster_id=cluster_id, version=self.version, nodes=nodes
+            brokers=brokers,
+            cluster_id=cluster_id,
+            version=self.version,
+            nodes=nodes,
+            sasl_ssl=secured,
         )
         # Written before the wait, so `stop` finds the JVMs even if this process dies meanwhile.
         (self.workdir / "cluster.json").write_text(json.dumps(self._state, indent=2) + "\n")
@@ -313,6 +410,27 @@ class LocalKafka:
             raise
         _say(f"{n} node(s) ready in {time.monotonic() - t0:.1f}s")
         return brokers
+
+    def _secure(self, nodes: list[_Node]) -> tuple[SaslSsl | None, str, tuple[str, ...]]:
+        """For SASL_SSL: the listeners' description, the server properties to add and the
+        arguments that give ``StorageTool format`` the SCRAM user."""
+        if not self.secured:
+            return None, "", ()
+        pki = self.workdir / "pki"
+        shutil.rmtree(pki, ignore_errors=True)
+        password, store_password = secrets.token_hex(16), secrets.token_hex(16)
+        make_pki(pki, store_password)
+        extra = _SASL_SSL.format(
+            user=SASL_USER, password=password, pki=pki, store_password=store_password
+        )
+        secured = SaslSsl(
+            brokers=",".join(f"127.0.0.1:{m['secure_port']}" for m in nodes),
+            ca_file=str(pki / "ca.pem"),
+            username=SASL_USER,
+            password=password,
+        )
+        scram = f"SCRAM-SHA-512=[name={SASL_USER},password={password}]"
+        return secured, extra, ("--add-scram", scram)
 
     def _wait_ready(self, nodes: list[_Node], brokers: str, timeout: float) -> None:
         deadline, seen = time.monotonic() + timeout, set[int]()
@@ -387,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start", help="start brokers, print the bootstrap address, exit")
     start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     start.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
+    start.add_argument(
+        "--sasl-ssl", action="store_true", help="add SASL_SSL listeners (see cluster.json)"
+    )
     stop = sub.add_parser("stop", help="stop the brokers started in --dir")
     stop.add_argument("--wipe", action="store_true", help="also delete the nodes' data and logs")
     for p in (start, stop):
@@ -395,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            print(LocalKafka(args.dir, args.nodes).start(args.timeout))
+            print(LocalKafka(args.dir, args.nodes, sasl_ssl=args.sasl_ssl).start(args.timeout))
         elif args.command == "stop":
             LocalKafka(args.dir).stop(wipe=args.wipe)
         else:

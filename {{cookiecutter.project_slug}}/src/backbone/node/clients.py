@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.reader import ChangelogReader
+from backbone.kafka_connection import kafka_connection
 from backbone.node.routing import RoutingTable, ViewPublisher
 from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
@@ -29,7 +30,7 @@ def make_producer(settings: EngineSettings) -> AIOKafkaProducer:
     """The node's producer: it outlives a generation, so that writes go on while the
     partition count changes."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.brokers,
+        **kafka_connection(settings).kwargs(),
         client_id=f"{settings.service}-{settings.node_id}",
         acks="all",
         enable_idempotence=True,
@@ -67,8 +68,9 @@ def kafka_clients(
     through ``producer`` to the routing topic; every node's routing table follows it."""
     client_id = f"{settings.service}-{settings.node_id}"
     tls = client_tls(settings)
+    kafka = kafka_connection(settings)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.brokers,
+        **kafka.kwargs(),
         client_id=client_id,
         group_id=topics.group,
         # Static membership: a restarted node takes its partitions back without a
@@ -89,9 +91,9 @@ def kafka_clients(
     return Clients(
         producer=producer,
         consumer=consumer,
-        reader=ChangelogReader(settings.brokers, topics.changelog, client_id, on_gap),
+        reader=ChangelogReader(kafka, topics.changelog, client_id, on_gap),
         routing=RoutingTable(
-            settings.brokers,
+            kafka,
             topics.group,
             topics.routing,
             local_generation=lambda: group_generation(consumer),

@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
+from backbone.kafka_connection import kafka_connection
 from backbone.node.clients import Clients, kafka_clients, make_producer
 from backbone.node.generations import NodeGenerations
 from backbone.node.metrics import register_metrics
@@ -222,7 +223,7 @@ class Engine(Generic[A]):
 
     async def _start_parts(self) -> None:
         parts = self._compose()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.brokers)
+        admin = AIOKafkaAdminClient(**kafka_connection(self.settings).kwargs())
         await admin.start()
         try:
             await ensure_topics(

@@ -27,6 +27,7 @@ from backbone.assignment.view import (
     decode_view,
     encode_view,
 )
+from backbone.kafka_connection import KafkaConnection
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +112,7 @@ class RoutingTable:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection,
         group: str,
         topic: str,
         local_generation: Callable[[], int] | None = None,
@@ -127,7 +128,7 @@ class RoutingTable:
         self._rejoin = rejoin
         self._rejoined_at = -1
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **kafka.kwargs(),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_VIEW_BYTES,

@@ -18,6 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from backbone.changelog.sources import ChangelogSource
+from backbone.kafka_connection import KafkaConnection
 from backbone.readmodel.model import Applied, ReadModel
 
 A = TypeVar("A", bound=msgspec.Struct)
@@ -32,9 +33,9 @@ ATTEMPTS = 5
 SWAP_CHECK_S = 1.0
 
 
-def changelog_consumer(brokers: str) -> AIOKafkaConsumer:
+def changelog_consumer(kafka: KafkaConnection) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=brokers,
+        **kafka.kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -49,11 +50,14 @@ class Projector(Generic[A]):
     previous one is read to its end before the next, so no older value overwrites a newer."""
 
     def __init__(
-        self, brokers: str, sources: Callable[[], list[ChangelogSource]], model: ReadModel[A]
+        self,
+        kafka: KafkaConnection,
+        sources: Callable[[], list[ChangelogSource]],
+        model: ReadModel[A],
     ) -> None:
         self.sources = sources
         self.model = model
-        self.brokers = brokers
+        self.kafka = kafka
         self.rows = 0
         self.failure: str | None = None
         self._stopping = False
@@ -69,7 +73,7 @@ class Projector(Generic[A]):
         self._swap_checked = 0.0
 
     async def start(self) -> None:
-        self._consumer = changelog_consumer(self.brokers)
+        self._consumer = changelog_consumer(self.kafka)
         await self._consumer.start()
         *older, current = self.sources()
         for source in older:

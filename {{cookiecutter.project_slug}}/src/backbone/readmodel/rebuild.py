@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from backbone.changelog.sources import ChangelogSource
+from backbone.kafka_connection import kafka_connection
 from backbone.readmodel.model import OFFSETS_TABLE, ReadModel, Tables, offsets_table
 from backbone.readmodel.projector import MAX_RECORDS, changelog_consumer
 from backbone.settings import EngineSettings
@@ -149,7 +150,7 @@ async def rebuild(settings: EngineSettings, model: ReadModel[Any], show: Show) -
     """Rebuild ``model`` from the changelogs in force and swap; returns the summary."""
     started = time.monotonic()
     sources = await changelog_sources(settings)
-    consumer = changelog_consumer(settings.brokers)
+    consumer = changelog_consumer(kafka_connection(settings))
     await consumer.start()
     try:
         existing = await consumer.topics()

@@ -13,8 +13,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from backbone.kafka_connection import KafkaConnection, kafka_connection
 from backbone.repartition.plan import Generation, Generations, record
 from backbone.settings import EngineSettings
+from backbone.topics import durability
 
 log = structlog.get_logger(__name__)
 
@@ -31,8 +33,10 @@ async def ensure_control_topic(admin: AIOKafkaAdminClient, service: str, replica
     name = control_topic(service)
     if name in set(await admin.list_topics()):
         return
+    factor, durable = await durability(admin, replication)
+    topic = NewTopic(name, 1, factor, topic_configs={**durable, **CONTROL_CONFIG})
     with contextlib.suppress(TopicAlreadyExistsError):  # another node was first
-        await admin.create_topics([NewTopic(name, 1, replication, topic_configs=CONTROL_CONFIG)])
+        await admin.create_topics([topic])
 
 
 class ControlLog:
@@ -41,26 +45,24 @@ class ControlLog:
 
     def __init__(
         self,
-        brokers: str,
+        kafka: KafkaConnection,
         service: str,
         initial: Generation,
         client_id: str,
         producer: AIOKafkaProducer | None = None,
-        **kafka: Any,
     ) -> None:
         self.topic = control_topic(service)
         self._tp = TopicPartition(self.topic, 0)
         self.state = Generations(initial)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=brokers,
+            **kafka.kwargs(),
             client_id=f"{client_id}-control",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            **kafka,
         )
         self._own_producer = producer is None
         self._producer = producer or AIOKafkaProducer(
-            bootstrap_servers=brokers, client_id=f"{client_id}-control", acks="all", **kafka
+            **kafka.kwargs(), client_id=f"{client_id}-control", acks="all"
         )
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[Generations], None]] = []
@@ -129,14 +131,15 @@ async def open_control_log(
     settings: EngineSettings, client_id: str, producer: AIOKafkaProducer | None = None
 ) -> ControlLog:
     """The service's control log (created if missing), read to its end."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers)
+    kafka = kafka_connection(settings)
+    admin = AIOKafkaAdminClient(**kafka.kwargs())
     await admin.start()
     try:
         await ensure_control_topic(admin, settings.service, settings.replication_factor)
     finally:
         await admin.close()
     control = ControlLog(
-        settings.brokers,
+        kafka,
         settings.service,
         Generation(0, settings.partitions),
         client_id,

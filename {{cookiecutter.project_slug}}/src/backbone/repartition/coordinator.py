@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import RecordMetadata
 
 from backbone.changelog.epochs import claim_record
+from backbone.kafka_connection import KafkaConnection, kafka_connection
 from backbone.repartition.control import ControlLog
 from backbone.repartition.derive import FIRST_CHANGELOG_OFFSET, derive
 from backbone.repartition.faults import fault_point
@@ -325,7 +326,9 @@ class Coordinator:
         grace = engine.settings.repartition_retire_after_s
         switched = previous.switched_at or time.time()
         if grace >= 0 and time.time() - switched >= grace:
-            await retire(self.control, engine.settings.brokers, engine.topics, previous, self.node)
+            await retire(
+                self.control, kafka_connection(engine.settings), engine.topics, previous, self.node
+            )
 
     def _remove_old_stores(self, current: int) -> None:
         s = self.engine.settings
@@ -340,18 +343,18 @@ class Coordinator:
 
 
 async def retire(
-    control: ControlLog, brokers: str, topics: Topics, previous: Plan, who: str
+    control: ControlLog, kafka: KafkaConnection, topics: Topics, previous: Plan, who: str
 ) -> None:
     """Record that the previous generation is retired and delete its topics. Every node
     then deletes its stores when it reads the record."""
     await control.append(previous.target.number, RETIRED, who, at=time.time())
     old = topics.of(previous.source.number)
-    await delete_topics(brokers, [old.events, old.changelog])
+    await delete_topics(kafka, [old.events, old.changelog])
     log.info("repartition_retired", generation=previous.source.number)
 
 
-async def delete_topics(brokers: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+async def delete_topics(kafka: KafkaConnection, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka.kwargs())
     await admin.start()
     try:
         with contextlib.suppress(Exception):
@@ -364,7 +367,7 @@ async def create_generation_topics(engine: Engine[Any], plan: Plan) -> None:
     """Create the new generation's topics; its changelog starts at offset 1."""
     s = engine.settings
     topics = engine.topics.of(plan.target.number)
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.brokers)
+    admin = AIOKafkaAdminClient(**kafka_connection(s).kwargs())
     await admin.start()
     try:
         await ensure_topics(

@@ -16,6 +16,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from backbone.codec import LATE_HEADER
+from backbone.kafka_connection import kafka_connection
 from backbone.partitioning import partition_for
 from backbone.repartition.gate import Target
 from backbone.repartition.plan import Plan
@@ -52,7 +53,7 @@ class LateForwarder:
         self.target = Target("", plan.target.partitions)
         self.forwarded = 0
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.brokers,
+            **kafka_connection(settings).kwargs(),
             client_id=f"{settings.service}-{settings.node_id}-late",
             group_id=old.late_group,
             enable_auto_commit=False,

@@ -76,6 +76,38 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     brokers: Annotated[str, _setting("Kafka brokers", env="KAFKA_BOOTSTRAP_SERVERS")] = (
         "127.0.0.1:9092"
     )
+    kafka_security_protocol: Annotated[
+        str,
+        _setting(
+            "how clients reach the brokers: TLS (`ssl`), SASL credentials (`sasl_*`) or both",
+            choices=("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
+        ),
+    ] = "plaintext"
+    kafka_ssl_ca_file: Annotated[
+        str,
+        _setting(
+            "CA (PEM) that signs the brokers' certificates, with `ssl` or `sasl_ssl`",
+            shown="empty: the system's CAs",
+        ),
+    ] = ""
+    kafka_ssl_cert_file: Annotated[
+        str,
+        _setting(
+            "client certificate (PEM) for brokers that require one; with `KAFKA_SSL_KEY_FILE`"
+        ),
+    ] = ""
+    kafka_ssl_key_file: Annotated[str, _setting("private key (PEM) of that certificate")] = ""
+    kafka_sasl_mechanism: Annotated[
+        str,
+        _setting(
+            "SASL mechanism, with `sasl_plaintext` or `sasl_ssl`",
+            choices=("plain", "scram-sha-256", "scram-sha-512"),
+        ),
+    ] = "scram-sha-512"
+    kafka_sasl_username: Annotated[
+        str, _setting("SASL user, with `sasl_plaintext` or `sasl_ssl`")
+    ] = ""
+    kafka_sasl_password: Annotated[str, _setting("password of that SASL user", secret=True)] = ""
     partitions: Annotated[
         int,
         _setting(
@@ -85,8 +117,13 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 12
     replication_factor: Annotated[
-        int, _setting("replication factor of the topics the node creates", ge=1)
-    ] = 1
+        int,
+        _setting(
+            "replication factor of the topics the node creates; `min.insync.replicas` is 2 "
+            "when it is 3 or more. `0`: 3, or the brokers in the cluster when they are fewer",
+            ge=0,
+        ),
+    ] = 0
     standby_replicas: Annotated[
         int,
         _setting(
@@ -361,6 +398,7 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "mutual TLS on the internal API needs INTERNAL_TLS_CERT, INTERNAL_TLS_KEY "
                 "and INTERNAL_TLS_CA together"
             )
+        self._check_kafka_security()
         if self.internal_token.strip().lower() in PLACEHOLDER_TOKENS:
             raise SettingsError(
                 "INTERNAL_TOKEN is a placeholder: every peer knows it. Set the same random "
@@ -371,6 +409,33 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
         scheme = "https" if all(tls) else "http"
         url = f"{scheme}://{self.http_host}:{self.internal_port}"
         return msgspec.structs.replace(self, internal_url=url)
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise SettingsError(
+                "a Kafka client certificate needs KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE "
+                "together"
+            )
+        ssl_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file)
+        if any(ssl_files) and protocol not in ("ssl", "sasl_ssl"):
+            raise SettingsError(
+                f"KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL={protocol}: set it to "
+                "ssl or sasl_ssl, or leave the files unset"
+            )
+        sasl = protocol.startswith("sasl_")
+        credentials = (self.kafka_sasl_username, self.kafka_sasl_password)
+        if sasl and not all(credentials):
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and any(credentials):
+            raise SettingsError(
+                f"KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD is set but "
+                f"KAFKA_SECURITY_PROTOCOL={protocol}: set it to sasl_ssl (or sasl_plaintext), "
+                "or leave them unset"
+            )
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
