@@ -19,6 +19,7 @@ from litestar import Request
 from litestar.enums import MediaType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from backbone.domain import Event, event_type_name
 
@@ -118,5 +119,12 @@ def openapi_config(
         title=title,
         version=version,
         path=SCHEMA_PATH,
+        components=Components(
+            security_schemes={
+                "admin_token": SecurityScheme(
+                    type="http", scheme="bearer", description="the node's ADMIN_TOKEN"
+                )
+            }
+        ),
         render_plugins=[PlainDocsPlugin(json_plugin), json_plugin],
     )

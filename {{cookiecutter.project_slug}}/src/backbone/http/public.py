@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
@@ -20,8 +21,11 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.http.admin_auth import admin_guard
 from backbone.http.reads import (
+    CONSISTENCY_PARAMETER,
     POSITION_HEADER,
+    POSITION_PARAMETER,
     RETRY,
     batch_request,
     batch_response,
@@ -89,7 +93,10 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
 
     @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
-    async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> ASGIResponse:
+    async def submit_event(
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
+        request: Request[Any, Any, Any],
+    ) -> ASGIResponse:
         """Submit one event for the aggregate; it is applied asynchronously (202). The
         answer's ``position`` makes a later GET read this write (read-your-writes)."""
         valid_id(aggregate_id, request)
@@ -129,10 +136,10 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
 
     @get("/{aggregate_id:str}")
     async def get_aggregate(
-        aggregate_id: str,
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
         request: Request[Any, Any, Any],
-        consistency: str = "active",
-        position: str | None = None,
+        consistency: Annotated[str, CONSISTENCY_PARAMETER] = "active",
+        position: Annotated[str | None, POSITION_PARAMETER] = None,
     ) -> ASGIResponse:
         """The aggregate's current state. ``consistency=active`` (the default) reads the
         owner; ``any`` the nearest replica, this node's standby first. With the
@@ -187,12 +194,25 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
 
 
 def admin_routes(engine: Engine[Any]) -> Router:
+    """``/admin/*``: only for the bearer of ``ADMIN_TOKEN``."""
+
     @get("/assignment")
     async def assignment() -> dict[str, Any]:
         """Who holds what, the constraints the assignor gave up, this node's standbys."""
+        if engine.parts is None:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the node is starting: it has no assignment yet, retry shortly",
+                headers=RETRY,
+            )
         return engine.assignment_view()
 
-    return Router(path="/admin", route_handlers=[assignment])
+    return Router(
+        path="/admin",
+        route_handlers=[assignment],
+        guards=[admin_guard(engine.settings.admin_token)],
+        security=[{"admin_token": []}],
+    )
 
 
 def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
