@@ -10,9 +10,9 @@ command line (``<package>.cli.main``) with the processor's publishing of a batch
 - ``FAULT_DELAY_MS``: a pause after Kafka acked them and before the store write: a wider
   window for a SIGKILL to land between the changelog and the store.
 
-- ``FAULT_KILL_AT``: the name of a repartitioning step
-  (``backbone.repartition.faults.POINTS``) at which the node SIGKILLs itself, logged as
-  ``fault_kill`` first.
+- ``FAULT_KILL_AT``: the name of a point (``backbone.repartition.faults.POINTS``: a
+  repartitioning step, or a ``dlq replay`` batch sent) at which the process SIGKILLs
+  itself, logged as ``fault_kill`` first; ``<point>@<n>``: the n-th time it is reached.
 
 The pauses default to 0 (none), the kill to none.
 ``backbone.dev.cluster.NodeProcess(..., faults=...)`` starts a node this way.
@@ -66,15 +66,22 @@ def install(stall_ms: int = 0, delay_ms: int = 0) -> None:
     Processor._publish_all = _publish_all  # type: ignore[method-assign]
 
 
-def kill_at(point: str) -> None:
-    """SIGKILL this process when the repartitioning reaches ``point``."""
+def kill_at(where: str) -> None:
+    """SIGKILL this process the n-th time it reaches a point (``<point>[@<n>]``)."""
+    point, _, nth = where.partition("@")
     if point not in faults.POINTS:
         raise SystemExit(f"error: FAULT_KILL_AT={point!r} is not one of {', '.join(faults.POINTS)}")
+    if nth and not nth.isdigit():
+        raise SystemExit(f"error: FAULT_KILL_AT={where!r}: the count after '@' is not a number")
+    left = int(nth or "1")
 
     def hook(name: str) -> None:
+        nonlocal left
         if name == point:
-            log.warning("fault_kill", point=name)
-            os.kill(os.getpid(), signal.SIGKILL)
+            left -= 1
+            if left <= 0:
+                log.warning("fault_kill", point=name)
+                os.kill(os.getpid(), signal.SIGKILL)
 
     faults.hook = hook
 
