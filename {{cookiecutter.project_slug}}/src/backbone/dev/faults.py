@@ -14,7 +14,11 @@ command line (``<package>.cli.main``) with the processor's publishing of a batch
   repartitioning step, or a ``dlq replay`` batch sent) at which the process SIGKILLs
   itself, logged as ``fault_kill`` first; ``<point>@<n>``: the n-th time it is reached.
 
-The pauses default to 0 (none), the kill to none.
+- ``FAULT_CANCEL_ON_SIGUSR1``: names of asyncio tasks (comma-separated: ``processor``,
+  ``changelog-reader``, ``routing``, ``read-model``) that a ``run`` node cancels when it
+  receives SIGUSR1, logged as ``fault_cancel``: a part that dies while the node lives.
+
+The pauses default to 0 (none), the kill and the cancel to none.
 ``backbone.dev.cluster.NodeProcess(..., faults=...)`` starts a node this way.
 """
 
@@ -26,17 +30,20 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
 from backbone.changelog.writer import Sent
+from backbone.http import serve as serving
 from backbone.processing.apply import BatchResult
 from backbone.processing.processor import Processor
 from backbone.repartition import faults
+from backbone.settings import EngineSettings
 
 log = structlog.get_logger(__name__)
 
-VARIABLES = ("FAULT_STALL_MS", "FAULT_DELAY_MS", "FAULT_KILL_AT")
+VARIABLES = ("FAULT_STALL_MS", "FAULT_DELAY_MS", "FAULT_KILL_AT", "FAULT_CANCEL_ON_SIGUSR1")
 
 
 def _ms(env: Mapping[str, str], name: str) -> int:
@@ -86,6 +93,24 @@ def kill_at(where: str) -> None:
     faults.hook = hook
 
 
+def cancel_on_signal(names: str) -> None:
+    """Make ``serve`` cancel the tasks named in ``names`` on SIGUSR1."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    serve = serving.serve
+
+    def cancel() -> None:
+        for task in asyncio.all_tasks():
+            if task.get_name() in wanted:
+                log.warning("fault_cancel", task=task.get_name())
+                task.cancel()
+
+    async def serve_and_cancel(public: Any, internal: Any, settings: EngineSettings) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, cancel)
+        await serve(public, internal, settings)
+
+    serving.serve = serve_and_cancel
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:
@@ -95,6 +120,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     install(_ms(source, "FAULT_STALL_MS"), _ms(source, "FAULT_DELAY_MS"))
     if source.get("FAULT_KILL_AT"):
         kill_at(source["FAULT_KILL_AT"])
+    if source.get("FAULT_CANCEL_ON_SIGUSR1"):
+        cancel_on_signal(source["FAULT_CANCEL_ON_SIGUSR1"])
     cli = importlib.import_module(f"{args[0]}.cli")
     code: int = cli.main(args[1:])
     return code

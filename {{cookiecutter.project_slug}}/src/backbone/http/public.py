@@ -168,16 +168,23 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
 
 
 def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) -> Router:
-    """``/health/live`` fails (503, with the reason) once the read model's projector died;
-    ``/health/ready`` adds a ``read_model`` section: alive, failure, lag."""
+    """``/health/live`` fails (503, with the reasons) once a task of the node died: the
+    processor, the changelog reader, the routing table or the read model's projector.
+    ``/health/ready`` says in ``reasons`` why the node is not ready, and adds a
+    ``read_model`` section: alive, failure, lag."""
+
+    def dead() -> list[str]:
+        reasons = engine.liveness()
+        if projector is not None and projector.failure is not None:
+            reasons.append(f"the read model projector died: {projector.failure}")
+        return reasons
 
     @get("/live")
-    async def live() -> Response[dict[str, str]]:
-        if projector is not None and projector.failure is not None:
-            reason = f"the read model projector died: {projector.failure}"
-            return Response(
-                {"status": "failed", "reason": reason}, status_code=HTTP_503_SERVICE_UNAVAILABLE
-            )
+    async def live() -> Response[dict[str, Any]]:
+        reasons = dead()
+        if reasons:
+            body = {"status": "failed", "reason": "; ".join(reasons), "reasons": reasons}
+            return Response(body, status_code=HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"status": "ok"})
 
     @get("/ready")
@@ -186,6 +193,7 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
         if projector is not None:
             status["read_model"] = projector.status()
             if projector.failure is not None:
+                status["reasons"].append(f"the read model projector died: {projector.failure}")
                 status["ready"] = False
         code = 200 if status["ready"] else HTTP_503_SERVICE_UNAVAILABLE
         return Response(status, status_code=code)

@@ -58,6 +58,8 @@ class Processor:
         # Per partition being rebuilt from its input: the input offset below which its
         # output events and dead letters were sent before, so they are not sent again.
         self.quiet: dict[int, int] = {}
+        # Told a partition whose rebuild has applied its input past its quiet offset.
+        self.on_caught_up: Callable[[int], None] = lambda _: None
         # While the partition count changes: per partition, the barrier offset that this
         # generation applies its input up to, and no further (backbone.repartition).
         self.drain_to: dict[int, int] | None = None
@@ -93,6 +95,7 @@ class Processor:
         results: list[BatchResult] = []
         spans = []
         starts: dict[TopicPartition, int] = {}
+        caught_up: set[int] = set()
         for tp, records in batches.items():
             store = self.stores.get(tp.partition)
             if store is None or tp.partition not in self.ready or not records:
@@ -112,6 +115,7 @@ class Processor:
                 result.dead = [d for d in result.dead if d.record.offset >= quiet]
                 if result.next_offset >= quiet:
                     del self.quiet[tp.partition]
+                    caught_up.add(tp.partition)
             results.append(result)
             starts[tp] = records[0].offset
         if not results:
@@ -143,6 +147,9 @@ class Processor:
                 self.dead_letters += len(result.dead)
                 done.append(result)
             await self._commit(done)
+            for result in done:
+                if result.partition in caught_up:
+                    self.on_caught_up(result.partition)
             for hook in on_batch:
                 hook(self, time.perf_counter() - started)
         finally:
