@@ -229,30 +229,36 @@ def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
     ``next``; ``next`` is null on the last page)."""
 
     @get("/")
-    async def list_aggregates(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    async def list_aggregates(
+        request: Request[Any, Any, Any],
+        limit: Annotated[str, Parameter(description="rows per page, 1 to 1000")] = "50",
+        after: Annotated[str | None, Parameter(description="the previous page's next")] = None,
+    ) -> dict[str, Any]:
+        """Other query parameters filter: ``column=value``, on the read model's columns."""
         params = dict(request.query_params)
+        params.pop("limit", None)
+        params.pop("after", None)
         if "offset" in params:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST,
                 detail="offset is not supported: page with after=<the previous page's next>, "
                 "which skips and repeats no row while rows change",
             )
-        after = params.pop("after", None)
         try:
-            limit = int(params.pop("limit", "50"))
+            rows = int(limit)
         except ValueError:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST, detail="limit must be an integer"
             ) from None
-        if not 1 <= limit <= 1000:
+        if not 1 <= rows <= 1000:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST, detail="limit must be between 1 and 1000"
             )
         try:
-            items = await asyncio.to_thread(model.query, params, limit, after)
+            items = await asyncio.to_thread(model.query, params, rows, after)
         except QueryError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
-        last = items[-1][model.live.key] if len(items) == limit else None
-        return {"items": items, "limit": limit, "next": None if last is None else str(last)}
+        last = items[-1][model.live.key] if len(items) == rows else None
+        return {"items": items, "limit": rows, "next": None if last is None else str(last)}
 
     return Router(path=f"/{plural}", route_handlers=[list_aggregates])
