@@ -57,9 +57,10 @@ def not_ready(parts: Parts[Any], joined: bool, dead: list[str], failure: str | N
         reasons.append(failure)
     if not joined:
         reasons.append("the node has not joined the consumer group yet")
-    for p, held in sorted(parts.partitions.held.items()):
-        if held.role is Role.ACTIVE and not held.ready:
-            reasons.append(_partition_reason(parts, p, held))
+    if not parts.partitions.all_active_ready():
+        for p, held in sorted(parts.partitions.held.items()):
+            if held.role is Role.ACTIVE and not held.ready:
+                reasons.append(_partition_reason(parts, p, held))
     return reasons
 
 
