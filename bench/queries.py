@@ -247,6 +247,7 @@ def main() -> int:
                 "STANDBY_REPLICAS": "1",
                 "PYTHONPATH": str(project / "src"),
                 "INTERNAL_TOKEN": TOKEN,
+                "ADMIN_TOKEN": TOKEN,
                 "READ_MODEL": "off",
                 "LOG_LEVEL": "warning",
             }
@@ -272,7 +273,11 @@ def main() -> int:
                         lags = s.get("standby_lag", {})
                         if any(lags.get(str(p)) != 0 for p in s.get("standby", [])):  # type: ignore[attr-defined,union-attr]
                             return None
-                    view = httpx.get(f"{nodes[0].url}/admin/assignment", timeout=5).json()
+                    view = httpx.get(
+                        f"{nodes[0].url}/admin/assignment",
+                        headers={"authorization": f"Bearer {TOKEN}"},
+                        timeout=5,
+                    ).json()
                     group: dict[str, Any] = view["group"]
                     if len(group["partitions"]) != partitions:
                         return None

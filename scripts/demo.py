@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 ZONES = ["zone-a", "zone-b", "zone-c"]
 PARTITIONS = 12
+ADMIN = {"authorization": "Bearer demo-admin-token"}
 
 
 def say(message: str) -> None:
@@ -56,6 +57,7 @@ def main() -> int:
             "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
             "PYTHONPATH": str(project / "src"),
             "INTERNAL_TOKEN": "demo-token",
+            "ADMIN_TOKEN": "demo-admin-token",
         }
         nodes = [
             NodeProcess("customer_backbone", f"node-{i}", WORK / "nodes", {**env, "ZONE": zone})
@@ -102,7 +104,7 @@ def main() -> int:
             print(json.dumps(wait_until(applied, 30, "the events to be applied"), indent=2))
 
             say("the assignment: one active and one standby per partition, in different zones")
-            view = httpx.get(f"{nodes[0].url}/admin/assignment").json()["group"]
+            view = httpx.get(f"{nodes[0].url}/admin/assignment", headers=ADMIN).json()["group"]
             for p, replicas in sorted(view["partitions"].items(), key=lambda i: int(i[0])):
                 standbys = ", ".join(f"{r['node']} ({r['zone']})" for r in replicas["standbys"])
                 active = replicas["active"]

@@ -21,6 +21,8 @@ from backbone.dev.cluster import NodeProcess
 from backbone.store import PartitionStore
 
 INTERNAL_TOKEN = "test-internal-token"
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 ZONES = ["zone-a", "zone-b", "zone-c"]
 Reference = dict[str, tuple[int, int]]
 
@@ -165,7 +167,8 @@ def status(node: NodeProcess) -> dict[str, Any]:
 
 
 def assignment(node: NodeProcess) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{node.url}/admin/assignment", timeout=5).json()
+    answer = httpx.get(f"{node.url}/admin/assignment", headers=ADMIN, timeout=5)
+    body: dict[str, Any] = answer.raise_for_status().json()
     return body
 
 
@@ -281,6 +284,7 @@ def new_service(
         "PYTHONPATH": str(project / "src"),
         "READ_MODEL": "off",
         "INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         **settings,
     }
     return Service(name, brokers, workdir, partitions, env)

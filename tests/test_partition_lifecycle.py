@@ -249,9 +249,14 @@ def test_no_copy_and_deleted_input_waits_incomplete_until_the_loss_is_accepted(
         report = part.accept_loss()
         assert report["missing_changelog_offsets"] == [0, 30]
         assert report["missing_event_offsets"] == [0, 500]
-        await until(lambda: part.state is State.ACTIVE, "active after acceptance")
+        await until(lambda: part.state is State.REBUILDING, "rebuilding after acceptance")
         meta = ports.stores.get(P).meta()  # type: ignore[union-attr]
         assert meta.outputs_sent == 900, "outputs below the old commit were sent already"
+        assert not part.ready, "a rebuild is not served before it has caught up"
+        assert part.rebuild is not None and part.rebuild.history_lost
+        part.caught_up()  # the processor applied the input up to 900
+        assert part.state is State.ACTIVE and part.ready
+        assert part.rebuild.as_dict()["finished"] is not None, "the rebuild stays reported"
 
     ports = run(tmp_path, scenario)
     assert ("restore", True) in ports.calls, "what is left of the changelog is applied"
@@ -292,7 +297,21 @@ def test_no_copy_with_the_whole_input_rebuilds_at_once(tmp_path: Path) -> None:
         ports.committed_offset = 44
         part = Partition(P, Role.ACTIVE, ports)
         part.start()
-        await until(lambda: part.state is State.ACTIVE, "active")
+        await until(lambda: part.state is State.REBUILDING, "rebuilding")
+        assert not part.ready
+        assert part.rebuild is not None and not part.rebuild.history_lost
+        assert part.rebuild.as_dict() | {"since": 0} == {
+            "partition": P,
+            "from_offset": 0,
+            "caught_up_at": 44,
+            "history_lost": False,
+            "since": 0,
+            "finished": None,
+        }
+        part.superseded()  # a newer writer epoch while rebuilding: taken over again
+        await until(lambda: part.state is State.REBUILDING, "rebuilding again")
+        part.caught_up()
+        assert part.ready
 
     ports = run(tmp_path, scenario)
     assert ports.active == {P: (0, 44)}

@@ -20,7 +20,14 @@ import pytest
 from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.partitioning import partition_for
 
-from clustertools import INTERNAL_TOKEN, make_stream, new_service, produce_over_time, status
+from clustertools import (
+    INTERNAL_TOKEN,
+    assignment,
+    make_stream,
+    new_service,
+    produce_over_time,
+    status,
+)
 from conftest import Bake
 
 pytestmark = pytest.mark.kafka
@@ -40,7 +47,7 @@ def settled(nodes: list[NodeProcess]) -> bool:
 
 def routes(node: NodeProcess) -> dict[int, tuple[str, list[str]]]:
     """partition -> (active node, standby nodes), as the node's routing view has it."""
-    view = httpx.get(f"{node.url}/admin/assignment", timeout=5).json()["group"]
+    view = assignment(node)["group"]
     return {
         int(p): (r["active"]["node"], [s["node"] for s in r["standbys"]])
         for p, r in view["partitions"].items()

@@ -34,7 +34,7 @@ from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.partitioning import partition_for
 from backbone.store import PartitionStore
 
-from clustertools import new_service, status
+from clustertools import assignment, new_service, status
 from conftest import Bake
 
 pytestmark = pytest.mark.kafka
@@ -329,7 +329,7 @@ def test_split_then_merge_under_load(bake: Bake, kafka_brokers: str, tmp_path: P
                 f"the read model of {node.name} to match",
             )
         wait_until(lambda: settled(nodes, 2, 6), 60, "standbys to catch up")
-        view = httpx.get(f"{nodes[0].url}/admin/assignment", timeout=5).json()["group"]
+        view = assignment(nodes[0])["group"]
         assert view["zone_conflicts"] == [], view
     finally:
         for node in nodes:

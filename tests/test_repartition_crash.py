@@ -25,7 +25,7 @@ from test_repartition import Ledger, cli, settled, stores, wait_matching
 from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.repartition.faults import POINTS
 
-from clustertools import Service, new_service
+from clustertools import Service, assignment, new_service
 from conftest import Bake
 
 pytestmark = pytest.mark.kafka
@@ -152,7 +152,7 @@ def test_a_kill_at_every_step_leaves_a_change_that_completes(
             wait_matching(nodes, [ledger], PLURAL, f"every aggregate after a kill at {point}")
             until_retired(nodes[0], service, generation - 1)
 
-        view = httpx.get(f"{nodes[0].url}/admin/assignment", timeout=5).json()["group"]
+        view = assignment(nodes[0])["group"]
         assert view["zone_conflicts"] == [], view
     finally:
         for node in nodes:

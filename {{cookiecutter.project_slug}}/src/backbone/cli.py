@@ -73,6 +73,9 @@ def _dlq_replay(service: Service[Any], args: argparse.Namespace) -> int:
     if args.offset and args.partition is None:
         print("error: --offset needs --partition (offsets are per partition)", file=sys.stderr)
         return 2
+    if args.batch < 1:
+        print(f"error: --batch {args.batch}: give 1 or more", file=sys.stderr)
+        return 2
     selection = dlq.Selection(
         partition=args.partition, offsets=frozenset(args.offset or ()), reason=args.reason
     )
@@ -87,11 +90,20 @@ def _dlq_replay(service: Service[Any], args: argparse.Namespace) -> int:
     async def replay() -> dlq.ReplayReport:
         generation = await repartition.current_generation(settings)
         topics = Topics(settings.service, settings.store, generation.number)
-        return await dlq.replay(kafka_connection(settings), topics, selection, args.dry_run, show)
+        return await dlq.replay(
+            kafka_connection(settings),
+            topics,
+            selection,
+            args.dry_run,
+            show,
+            replication=settings.replication_factor,
+            batch=args.batch,
+        )
 
     report = asyncio.run(replay())
     verb = "would replay" if args.dry_run else "replayed"
-    print(f"{verb} {len(report.replayed)} of {report.scanned} dead letters")
+    skipped = f"; {report.skipped} replayed before, skipped" if report.skipped else ""
+    print(f"{verb} {len(report.replayed)} of {report.scanned} dead letters{skipped}")
     return 0
 
 
@@ -159,6 +171,13 @@ def parser(service: Service[Any]) -> argparse.ArgumentParser:
     replay.add_argument("--offset", type=int, action="append", help="only this offset (repeatable)")
     replay.add_argument("--reason", help="only this dlq-reason, e.g. rejected, invalid_event")
     replay.add_argument("--dry-run", action="store_true", help="list, do not re-submit")
+    replay.add_argument(
+        "--batch",
+        type=int,
+        default=dlq.BATCH,
+        metavar="N",
+        help=f"dead letters per Kafka transaction (default {dlq.BATCH})",
+    )
     replay.set_defaults(func=_dlq_replay)
     boot = commands.add_parser(
         "bootstrap", help="replace a stopped node's partition store by a peer's checkpoint"

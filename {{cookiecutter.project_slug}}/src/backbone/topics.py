@@ -38,6 +38,11 @@ class Topics:
         return f"{self.service}.dlq"
 
     @property
+    def dlq_replayed(self) -> str:
+        """Compacted: the dead letters ``dlq replay`` re-submitted (``backbone.admin.replayed``)."""
+        return f"{self.service}.dlq-replayed"
+
+    @property
     def out(self) -> str:
         return f"{self.service}.out"
 

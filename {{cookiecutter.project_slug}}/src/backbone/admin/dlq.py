@@ -1,19 +1,25 @@
-"""Re-submitting dead letters to the events topic once the cause is fixed."""
+"""Re-submitting dead letters to the events topic once the cause is fixed, each one once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from backbone.admin import replayed
 from backbone.kafka_connection import KafkaConnection
+from backbone.repartition.faults import fault_point
 from backbone.topics import Topics
 
 log = structlog.get_logger(__name__)
 
 REPLAYED_FROM = "dlq-replayed-from"
+BATCH = 500  # dead letters per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,27 @@ class Selection:
 class ReplayReport:
     scanned: int = 0
     replayed: list[tuple[int, int]] = field(default_factory=list)
+    skipped: int = 0  # selected, but re-submitted by an earlier replay
+
+
+async def _submit(
+    producer: AIOKafkaProducer, topics: Topics, letters: list[ConsumerRecord[bytes, bytes]]
+) -> None:
+    """The letters to the events topic and their record, in one transaction."""
+    record = msgspec.json.encode(replayed.Replayed(topics.events))
+    async with producer.transaction():
+        sent = []
+        for letter in letters:
+            headers = [(k, v) for k, v in letter.headers if not k.startswith("dlq-")]
+            origin = f"{letter.topic}/{letter.partition}/{letter.offset}".encode()
+            headers.append((REPLAYED_FROM, origin))
+            sent.append(
+                await producer.send(topics.events, letter.value, key=letter.key, headers=headers)
+            )
+            key = replayed.record_key(letter)
+            sent.append(await producer.send(topics.dlq_replayed, record, key=key))
+        await asyncio.gather(*sent)
+        fault_point("dlq_replay_sent")
 
 
 async def replay(
@@ -48,63 +75,89 @@ async def replay(
     selection: Selection,
     dry_run: bool = False,
     on_record: Callable[[ConsumerRecord[bytes, bytes]], None] | None = None,
+    replication: int = 1,
+    batch: int = BATCH,
 ) -> ReplayReport:
-    """Copy the selected DLQ records (as they were first produced) back to the events topic.
+    """Copy the selected DLQ records (as they were first produced) back to the events topic,
+    skipping those an earlier replay re-submitted (``backbone.admin.replayed``).
 
     Reads the DLQ up to its end at the time of the call, so a record that fails again and
     lands in the DLQ once more is not replayed in a loop.
     """
+    partitions = await _partitions(kafka, topics.dlq)
     consumer = AIOKafkaConsumer(**kafka.kwargs(), group_id=None, enable_auto_commit=False)
-    producer = AIOKafkaProducer(**kafka.kwargs(), acks="all", enable_idempotence=True)
+    # A dry run writes nothing, so it takes no transactional id (it would fence a replay).
+    producer = None if dry_run else replayed.transactional_producer(kafka, topics.service)
     await consumer.start()
-    await producer.start()
     report = ReplayReport()
     try:
-        if topics.dlq not in await consumer.topics():
-            raise LookupError(f"topic {topics.dlq} does not exist: has the service run yet?")
-        partitions = await producer.partitions_for(topics.dlq)
+        if producer is not None:
+            await producer.start()
+            await replayed.ensure_topic(kafka, topics.dlq_replayed, replication)
+            await replayed.fence(producer)
+        done = await replayed.replayed_letters(kafka, topics.dlq_replayed)
+        pending: list[ConsumerRecord[bytes, bytes]] = []
         tps = [
             TopicPartition(topics.dlq, p)
-            for p in sorted(partitions)
+            for p in partitions
             if selection.partition is None or p == selection.partition
         ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        continue
-                    report.scanned += 1
-                    if not selection.matches(record):
-                        continue
-                    if on_record is not None:
-                        on_record(record)
-                    if not dry_run:
-                        headers = [(k, v) for k, v in record.headers if not k.startswith("dlq-")]
-                        headers.append(
-                            (
-                                REPLAYED_FROM,
-                                f"{record.topic}/{record.partition}/{record.offset}".encode(),
-                            )
-                        )
-                        await producer.send_and_wait(
-                            topics.events, record.value, key=record.key, headers=headers
-                        )
-                    report.replayed.append((record.partition, record.offset))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        async for record in _dead_letters(consumer, tps):
+            report.scanned += 1
+            if not selection.matches(record):
+                continue
+            if (record.partition, record.offset) in done:
+                report.skipped += 1
+                continue
+            if on_record is not None:
+                on_record(record)
+            report.replayed.append((record.partition, record.offset))
+            pending.append(record)
+            if len(pending) >= batch and producer is not None:
+                await _submit(producer, topics, pending)
+                pending = []
+        if pending and producer is not None:
+            await _submit(producer, topics, pending)
         log.info(
             "dlq_replayed",
             scanned=report.scanned,
             replayed=len(report.replayed),
+            skipped=report.skipped,
             dry_run=dry_run,
         )
         return report
     finally:
         await consumer.stop()
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
+
+
+async def _partitions(kafka: KafkaConnection, dlq: str) -> list[int]:
+    admin = AIOKafkaAdminClient(**kafka.kwargs())
+    await admin.start()
+    try:
+        if dlq not in await admin.list_topics():
+            raise LookupError(f"topic {dlq} does not exist: has the service run yet?")
+        (described,) = await admin.describe_topics([dlq])
+        return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()
+
+
+async def _dead_letters(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """The records of these DLQ partitions up to their end as of now."""
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = await consumer.end_offsets(tps)
+    remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+    while remaining:
+        batches = await consumer.getmany(*remaining, timeout_ms=1000)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset < ends[tp]:
+                    yield record
+        for tp in list(remaining):
+            if await consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)

@@ -121,6 +121,11 @@ class ChangelogReader:
         await self._consumer.stop()
         await self._lookup.stop()
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The reading loop, once started (``/health/live`` watches it)."""
+        return self._runner
+
     def progress(self) -> list[dict[str, object]]:
         return [t.progress.as_dict() for t in self._tasks.values() if t.done is not None]
 

@@ -12,12 +12,14 @@ command line (``<package>.cli.main``) with the processor's sending of a batch
 - ``FAULT_KILL_IN_FLIGHT``: N; the node SIGKILLs itself the N-th time it holds two
   batches: one acknowledged by Kafka but not written to the store, and the next applied
   over it in memory. Logged as ``fault_kill`` first.
+- ``FAULT_KILL_AT``: the name of a point (``backbone.repartition.faults.POINTS``: a
+  repartitioning step, or a ``dlq replay`` batch sent) at which the process SIGKILLs
+  itself, logged as ``fault_kill`` first; ``<point>@<n>``: the n-th time it is reached.
+- ``FAULT_CANCEL_ON_SIGUSR1``: names of asyncio tasks (comma-separated: ``processor``,
+  ``changelog-reader``, ``routing``, ``read-model``) that a ``run`` node cancels when it
+  receives SIGUSR1, logged as ``fault_cancel``: a part that dies while the node lives.
 
-- ``FAULT_KILL_AT``: the name of a repartitioning step
-  (``backbone.repartition.faults.POINTS``) at which the node SIGKILLs itself, logged as
-  ``fault_kill`` first.
-
-The pauses default to 0 (none), the kill to none.
+The pauses default to 0 (none), the kill and the cancel to none.
 ``backbone.dev.cluster.NodeProcess(..., faults=...)`` starts a node this way.
 """
 
@@ -29,16 +31,25 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
 from backbone.changelog.writer import Sent
+from backbone.http import serve as serving
 from backbone.processing.processor import Processor, Staged
 from backbone.repartition import faults
+from backbone.settings import EngineSettings
 
 log = structlog.get_logger(__name__)
 
-VARIABLES = ("FAULT_STALL_MS", "FAULT_DELAY_MS", "FAULT_KILL_AT", "FAULT_KILL_IN_FLIGHT")
+VARIABLES = (
+    "FAULT_STALL_MS",
+    "FAULT_DELAY_MS",
+    "FAULT_KILL_AT",
+    "FAULT_KILL_IN_FLIGHT",
+    "FAULT_CANCEL_ON_SIGUSR1",
+)
 
 
 def _ms(env: Mapping[str, str], name: str) -> int:
@@ -92,17 +103,42 @@ def install(stall_ms: int = 0, delay_ms: int = 0, kill_in_flight: int = 0) -> No
     Processor._advance = _advance  # type: ignore[method-assign]
 
 
-def kill_at(point: str) -> None:
-    """SIGKILL this process when the repartitioning reaches ``point``."""
+def kill_at(where: str) -> None:
+    """SIGKILL this process the n-th time it reaches a point (``<point>[@<n>]``)."""
+    point, _, nth = where.partition("@")
     if point not in faults.POINTS:
         raise SystemExit(f"error: FAULT_KILL_AT={point!r} is not one of {', '.join(faults.POINTS)}")
+    if nth and not nth.isdigit():
+        raise SystemExit(f"error: FAULT_KILL_AT={where!r}: the count after '@' is not a number")
+    left = int(nth or "1")
 
     def hook(name: str) -> None:
+        nonlocal left
         if name == point:
-            log.warning("fault_kill", point=name)
-            os.kill(os.getpid(), signal.SIGKILL)
+            left -= 1
+            if left <= 0:
+                log.warning("fault_kill", point=name)
+                os.kill(os.getpid(), signal.SIGKILL)
 
     faults.hook = hook
+
+
+def cancel_on_signal(names: str) -> None:
+    """Make ``serve`` cancel the tasks named in ``names`` on SIGUSR1."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    serve = serving.serve
+
+    def cancel() -> None:
+        for task in asyncio.all_tasks():
+            if task.get_name() in wanted:
+                log.warning("fault_cancel", task=task.get_name())
+                task.cancel()
+
+    async def serve_and_cancel(public: Any, internal: Any, settings: EngineSettings) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, cancel)
+        await serve(public, internal, settings)
+
+    serving.serve = serve_and_cancel
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -118,6 +154,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     )
     if source.get("FAULT_KILL_AT"):
         kill_at(source["FAULT_KILL_AT"])
+    if source.get("FAULT_CANCEL_ON_SIGUSR1"):
+        cancel_on_signal(source["FAULT_CANCEL_ON_SIGUSR1"])
     cli = importlib.import_module(f"{args[0]}.cli")
     code: int = cli.main(args[1:])
     return code

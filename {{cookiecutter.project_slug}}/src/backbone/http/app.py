@@ -39,6 +39,7 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
     ]
     services: list[Any] = []
     projector: Projector[Any] | None = None
+    filters: dict[str, str] = {}  # of the list route, for the OpenAPI document
     # READ_MODEL=off leaves projection to other processes (e.g. one writer for PostgreSQL).
     if service.projection is not None and settings.read_model:
         from backbone.changelog.sources import ChangelogSource
@@ -55,6 +56,7 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
         register_metrics(projector)
         services.append(projector)
         route_handlers.append(read_model_routes(model, service.plural))
+        filters = model.filters()
     route_handlers.append(health_routes(engine, projector))
     if settings.metrics:
         from backbone.http.metrics import metrics_routes
@@ -87,6 +89,7 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
             service.release(),
             engine.domain.handlers.event_types,
             events_path_format(service.plural),
+            filters,
         ),
         exception_handlers={NotFoundException: slash_in_id_handler(service.plural)},
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import msgspec
@@ -19,8 +19,10 @@ from litestar import Request
 from litestar.enums import MediaType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from backbone.domain import Event, event_type_name
+from backbone.http.reads import BATCH_FORM, BatchRequest
 
 SCHEMA_PATH = "/schema"
 _REF = "#/components/schemas/{name}"
@@ -35,35 +37,81 @@ def event_body_schema(
     return schema, components
 
 
+def _body(document: dict[str, Any], path: str, description: str, schema: Any) -> None:
+    operation = document.get("paths", {}).get(path, {}).get("post")
+    if operation is not None:
+        media = {"schema": schema}
+        operation["requestBody"] = {
+            "description": description,
+            "required": True,
+            "content": {"application/json": media},
+        }
+
+
+# What a list filter on an integer column accepts (``readmodel.model``): 64-bit integers.
+_INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
+
+
+def _filters(document: dict[str, Any], path: str, filters: Mapping[str, str]) -> None:
+    operation = document.get("paths", {}).get(path, {}).get("get")
+    if operation is None:
+        return
+    parameters = operation.setdefault("parameters", [])
+    declared = {p.get("name") for p in parameters}
+    for name, kind in sorted(filters.items()):
+        if name not in declared:
+            parameters.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": f"only rows whose {name} equals this",
+                    "schema": _INT64 if kind == "integer" else {"type": kind},
+                }
+            )
+
+
 def describe_events(
-    document: dict[str, Any], events: Sequence[type[Event]], post_path: str
+    document: dict[str, Any],
+    events: Sequence[type[Event]],
+    post_path: str,
+    filters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``document`` with the event schemas and the request body of ``POST post_path``."""
+    """``document`` with the event schemas and the request bodies of ``POST post_path`` and
+    of the batch read beside it, and the list route's ``filters`` (column: JSON type): the
+    handlers read these themselves."""
     schema, components = event_body_schema(events)
     names = ", ".join(sorted(event_type_name(t) for t in events))
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(components)
-    operation = document.get("paths", {}).get(post_path, {}).get("post")
-    if operation is not None:
-        operation["requestBody"] = {
-            "description": f"One event, tagged by its 'type': {names}. "
-            "A field the event type does not declare is refused with 400.",
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
+    _body(
+        document,
+        post_path,
+        f"One event, tagged by its 'type': {names}. "
+        "A field the event type does not declare is refused with 400.",
+        schema,
+    )
+    (batch,), batch_components = msgspec.json.schema_components([BatchRequest], ref_template=_REF)
+    schemas.update(batch_components)
+    plural = post_path.split("/")[1]
+    _body(document, f"/{plural}:batchGet", f"The ids to read: {BATCH_FORM}", batch)
+    _filters(document, f"/{plural}", filters or {})
     return document
 
 
 class EventsJsonPlugin(JsonRenderPlugin):
     """``/schema/openapi.json``: Litestar's document, completed with the event schemas."""
 
-    def __init__(self, events: Sequence[type[Event]], post_path: str) -> None:
+    def __init__(
+        self, events: Sequence[type[Event]], post_path: str, filters: Mapping[str, str]
+    ) -> None:
         super().__init__(path="/openapi.json")
         self.events = tuple(events)
         self.post_path = post_path
+        self.filters = dict(filters)
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        document = describe_events(openapi_schema, self.events, self.post_path)
+        document = describe_events(openapi_schema, self.events, self.post_path, self.filters)
         return self.render_json(request, document)
 
 
@@ -75,9 +123,8 @@ class PlainDocsPlugin(OpenAPIRenderPlugin):
         self.json_plugin = json_plugin
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        document = describe_events(
-            openapi_schema, self.json_plugin.events, self.json_plugin.post_path
-        )
+        plugin = self.json_plugin
+        document = describe_events(openapi_schema, plugin.events, plugin.post_path, plugin.filters)
         info = document.get("info", {})
         title = html.escape(f"{info.get('title', '')} {info.get('version', '')}".strip())
         rows = []
@@ -110,13 +157,24 @@ class PlainDocsPlugin(OpenAPIRenderPlugin):
 
 
 def openapi_config(
-    title: str, version: str, events: Sequence[type[Event]], post_path: str
+    title: str,
+    version: str,
+    events: Sequence[type[Event]],
+    post_path: str,
+    filters: Mapping[str, str] | None = None,
 ) -> OpenAPIConfig:
     """The public app's OpenAPI configuration: the service's name, offline docs only."""
-    json_plugin = EventsJsonPlugin(events, post_path)
+    json_plugin = EventsJsonPlugin(events, post_path, filters or {})
     return OpenAPIConfig(
         title=title,
         version=version,
         path=SCHEMA_PATH,
+        components=Components(
+            security_schemes={
+                "admin_token": SecurityScheme(
+                    type="http", scheme="bearer", description="the node's ADMIN_TOKEN"
+                )
+            }
+        ),
         render_plugins=[PlainDocsPlugin(json_plugin), json_plugin],
     )

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from litestar import Litestar, Request, Response, get, post
@@ -25,6 +25,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
@@ -36,7 +37,15 @@ from litestar.status_codes import (
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from backbone.http.reads import RETRY, batch_request, batch_response, read_options, read_response
+from backbone.http.reads import (
+    CONSISTENCY_PARAMETER,
+    POSITION_PARAMETER,
+    RETRY,
+    batch_request,
+    batch_response,
+    read_options,
+    read_response,
+)
 from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER
@@ -110,7 +119,11 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         guards=guard,
         middleware=[_send_deadline(engine.settings.checkpoint_send_timeout_s)],
     )
-    async def checkpoint(partition: int, scope: Scope, generation: int = 0) -> Stream:
+    async def checkpoint(
+        partition: Annotated[int, Parameter()],
+        scope: Scope,
+        generation: Annotated[int, Parameter()] = 0,
+    ) -> Stream:
         if generation != engine.generation.number:
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
@@ -179,10 +192,10 @@ def internal_app(engine: Engine[Any]) -> Litestar:
 
     @get("/internal/aggregates/{aggregate_id:str}", guards=guard)
     async def aggregate(
-        aggregate_id: str,
+        aggregate_id: Annotated[str, Parameter()],
         scope: Scope,
-        consistency: str = "active",
-        position: str | None = None,
+        consistency: Annotated[str, CONSISTENCY_PARAMETER] = "active",
+        position: Annotated[str | None, POSITION_PARAMETER] = None,
     ) -> ASGIResponse:
         """A key from this node's replica (forwarded here by a peer, or asked by an
         operator): it is not forwarded further."""
@@ -202,7 +215,10 @@ def internal_app(engine: Engine[Any]) -> Litestar:
 
     @get("/internal/partitions/{partition:int}/aggregates", guards=guard)
     async def scan(
-        partition: int, request: Request[Any, Any, Any], after: str | None = None, limit: int = 100
+        partition: Annotated[int, Parameter()],
+        request: Request[Any, Any, Any],
+        after: Annotated[str | None, Parameter()] = None,
+        limit: Annotated[int, Parameter()] = 100,
     ) -> dict[str, Any]:
         """A page of one partition's aggregates in key order, from the first key above
         ``after``; ``next`` is the ``after`` of the next page (null at the end)."""
@@ -228,7 +244,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         guards=guard,
         status_code=HTTP_200_OK,
     )
-    async def accept_loss(partition: int) -> dict[str, Any]:
+    async def accept_loss(partition: Annotated[int, Parameter()]) -> dict[str, Any]:
         """An operator accepts that an incomplete partition's deleted history is gone."""
         try:
             return engine.accept_loss(partition)

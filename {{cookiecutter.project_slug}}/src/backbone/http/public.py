@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
@@ -20,8 +21,11 @@ from litestar.status_codes import (
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
+from backbone.http.admin_auth import admin_guard
 from backbone.http.reads import (
+    CONSISTENCY_PARAMETER,
     POSITION_HEADER,
+    POSITION_PARAMETER,
     RETRY,
     batch_request,
     batch_response,
@@ -89,7 +93,10 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
 
     @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
-    async def submit_event(aggregate_id: str, request: Request[Any, Any, Any]) -> ASGIResponse:
+    async def submit_event(
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
+        request: Request[Any, Any, Any],
+    ) -> ASGIResponse:
         """Submit one event for the aggregate; it is applied asynchronously (202). The
         answer's ``position`` makes a later GET read this write (read-your-writes)."""
         valid_id(aggregate_id, request)
@@ -129,10 +136,10 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
 
     @get("/{aggregate_id:str}")
     async def get_aggregate(
-        aggregate_id: str,
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
         request: Request[Any, Any, Any],
-        consistency: str = "active",
-        position: str | None = None,
+        consistency: Annotated[str, CONSISTENCY_PARAMETER] = "active",
+        position: Annotated[str | None, POSITION_PARAMETER] = None,
     ) -> ASGIResponse:
         """The aggregate's current state. ``consistency=active`` (the default) reads the
         owner; ``any`` the nearest replica, this node's standby first. With the
@@ -161,16 +168,23 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
 
 
 def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) -> Router:
-    """``/health/live`` fails (503, with the reason) once the read model's projector died;
-    ``/health/ready`` adds a ``read_model`` section: alive, failure, lag."""
+    """``/health/live`` fails (503, with the reasons) once a task of the node died: the
+    processor, the changelog reader, the routing table or the read model's projector.
+    ``/health/ready`` says in ``reasons`` why the node is not ready, and adds a
+    ``read_model`` section: alive, failure, lag."""
+
+    def dead() -> list[str]:
+        reasons = engine.liveness()
+        if projector is not None and projector.failure is not None:
+            reasons.append(f"the read model projector died: {projector.failure}")
+        return reasons
 
     @get("/live")
-    async def live() -> Response[dict[str, str]]:
-        if projector is not None and projector.failure is not None:
-            reason = f"the read model projector died: {projector.failure}"
-            return Response(
-                {"status": "failed", "reason": reason}, status_code=HTTP_503_SERVICE_UNAVAILABLE
-            )
+    async def live() -> Response[dict[str, Any]]:
+        reasons = dead()
+        if reasons:
+            body = {"status": "failed", "reason": "; ".join(reasons), "reasons": reasons}
+            return Response(body, status_code=HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"status": "ok"})
 
     @get("/ready")
@@ -179,6 +193,7 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
         if projector is not None:
             status["read_model"] = projector.status()
             if projector.failure is not None:
+                status["reasons"].append(f"the read model projector died: {projector.failure}")
                 status["ready"] = False
         code = 200 if status["ready"] else HTTP_503_SERVICE_UNAVAILABLE
         return Response(status, status_code=code)
@@ -187,12 +202,25 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
 
 
 def admin_routes(engine: Engine[Any]) -> Router:
+    """``/admin/*``: only for the bearer of ``ADMIN_TOKEN``."""
+
     @get("/assignment")
     async def assignment() -> dict[str, Any]:
         """Who holds what, the constraints the assignor gave up, this node's standbys."""
+        if engine.parts is None:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the node is starting: it has no assignment yet, retry shortly",
+                headers=RETRY,
+            )
         return engine.assignment_view()
 
-    return Router(path="/admin", route_handlers=[assignment])
+    return Router(
+        path="/admin",
+        route_handlers=[assignment],
+        guards=[admin_guard(engine.settings.admin_token)],
+        security=[{"admin_token": []}],
+    )
 
 
 def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
@@ -201,30 +229,36 @@ def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
     ``next``; ``next`` is null on the last page)."""
 
     @get("/")
-    async def list_aggregates(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    async def list_aggregates(
+        request: Request[Any, Any, Any],
+        limit: Annotated[str, Parameter(description="rows per page, 1 to 1000")] = "50",
+        after: Annotated[str | None, Parameter(description="the previous page's next")] = None,
+    ) -> dict[str, Any]:
+        """Other query parameters filter: ``column=value``, on the read model's columns."""
         params = dict(request.query_params)
+        params.pop("limit", None)
+        params.pop("after", None)
         if "offset" in params:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST,
                 detail="offset is not supported: page with after=<the previous page's next>, "
                 "which skips and repeats no row while rows change",
             )
-        after = params.pop("after", None)
         try:
-            limit = int(params.pop("limit", "50"))
+            rows = int(limit)
         except ValueError:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST, detail="limit must be an integer"
             ) from None
-        if not 1 <= limit <= 1000:
+        if not 1 <= rows <= 1000:
             raise HTTPException(
                 status_code=HTTP_400_BAD_REQUEST, detail="limit must be between 1 and 1000"
             )
         try:
-            items = await asyncio.to_thread(model.query, params, limit, after)
+            items = await asyncio.to_thread(model.query, params, rows, after)
         except QueryError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
-        last = items[-1][model.live.key] if len(items) == limit else None
-        return {"items": items, "limit": limit, "next": None if last is None else str(last)}
+        last = items[-1][model.live.key] if len(items) == rows else None
+        return {"items": items, "limit": rows, "next": None if last is None else str(last)}
 
     return Router(path=f"/{plural}", route_handlers=[list_aggregates])

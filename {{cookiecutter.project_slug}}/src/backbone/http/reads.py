@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar.exceptions import HTTPException
+from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
@@ -25,6 +26,8 @@ from backbone.repartition.gate import RETRY_AFTER_S
 # A 503 of the aggregate routes is brief (a rebalance, a paused write): say when to retry.
 RETRY = {"retry-after": str(RETRY_AFTER_S)}
 POSITION_HEADER = "x-backbone-position"
+CONSISTENCY_PARAMETER = Parameter(description="`active` reads the owner; `any` the nearest replica")
+POSITION_PARAMETER = Parameter(description="a write's `position`: wait until it is applied")
 BATCH_FORM = '{"ids": ["<id>", ...], "consistency": "active" or "any"}'
 
 

@@ -29,6 +29,7 @@ from backbone.domain import Domain, Event
 from backbone.kafka_connection import kafka_connection
 from backbone.node.clients import Clients, kafka_clients, make_producer
 from backbone.node.generations import NodeGenerations
+from backbone.node.liveness import dead_parts
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
 from backbone.node.peers import GroupPeers
@@ -175,6 +176,7 @@ class Engine(Generic[A]):
         # Gaps and supersessions go straight to the partition they concern.
         clients.reader.on_gap = partitions.changelog_gap
         writer.on_superseded = partitions.superseded
+        processor.on_caught_up = partitions.caught_up
         local = LocalReads(
             self.applier,
             partitions,
@@ -374,7 +376,11 @@ class Engine(Generic[A]):
         return self._started().partitions.accept_loss(partition, self.settings.node_id)
 
     def status(self) -> dict[str, Any]:
-        return node_status(self, self.parts, self._joined)
+        return node_status(self, self.parts, self._joined, self.liveness())
+
+    def liveness(self) -> list[str]:
+        """Why this node is dead: a task of its parts ended; empty while it lives."""
+        return dead_parts(self.parts, self._processing)
 
     def assignment_view(self) -> dict[str, Any]:
         return assignment_view(self, self._started())

@@ -7,10 +7,15 @@ epoch, an operator's accept-loss). Readiness is read from its state.
 Active::
 
     restoring --> claiming --> active
-        |  ^          ^          |
-        |  | copy     | loss     | a newer writer epoch
-        v  | found    | accepted |
-      incomplete -----'          '--> restoring
+        |  ^          |  ^         |
+        |  | copy     |  | caught  | a newer writer epoch
+        v  | found    v  | up      '--> restoring
+      incomplete    rebuilding
+
+A partition whose every copy was lost is rebuilt from its input (at once when the events
+topic still holds its whole history, else once an operator accepts the loss): it is
+``rebuilding``, processing but not ready, until it has applied its input up to where it
+had been before, and reports the rebuild from then on.
 
 Standby::
 
@@ -55,6 +60,7 @@ class State(enum.Enum):
     RESTORING = "restoring"
     INCOMPLETE = "incomplete"
     CLAIMING = "claiming"
+    REBUILDING = "rebuilding"
     ACTIVE = "active"
     BOOTSTRAPPING = "bootstrapping"
     WAITING = "waiting"
@@ -89,6 +95,28 @@ class Incomplete:
             "missing_event_offsets": [0, self.events_begin],
             "since": round(self.since, 3),
             "accept_with": f"accept-loss --partition {self.partition}",
+        }
+
+
+@dataclass(slots=True)
+class Rebuild:
+    """An active rebuilt from its input after every copy of its state was lost."""
+
+    partition: int
+    from_offset: int  # the input offset the rebuild started at
+    caught_up_at: int  # the input offset processed before the loss
+    history_lost: bool  # the input no longer holds the whole history (a loss was accepted)
+    since: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "from_offset": self.from_offset,
+            "caught_up_at": self.caught_up_at,
+            "history_lost": self.history_lost,
+            "since": round(self.since, 3),
+            "finished": None if self.finished is None else round(self.finished, 3),
         }
 
 
@@ -139,6 +167,7 @@ class Partition:
         self.ports = ports
         self.state = State.RESTORING if role is Role.ACTIVE else State.BOOTSTRAPPING
         self.incomplete: Incomplete | None = None
+        self.rebuild: Rebuild | None = None
         self.failure: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -162,7 +191,7 @@ class Partition:
 
     def superseded(self) -> None:
         """A newer writer epoch took the changelog: take the partition over again."""
-        if self.role is Role.ACTIVE and self.state is State.ACTIVE:
+        if self.role is Role.ACTIVE and self.state in (State.ACTIVE, State.REBUILDING):
             self.ports.deactivate(self.number)
             self._transition(State.RESTORING)
             self.start()
@@ -172,6 +201,13 @@ class Partition:
         if self.role is Role.STANDBY and self.state is State.TAILING:
             self._transition(State.BOOTSTRAPPING)
             self.start()
+
+    def caught_up(self) -> None:
+        """The processor applied the rebuilt input up to where it had been before the loss."""
+        if self.state is State.REBUILDING and self.rebuild is not None:
+            self.rebuild.finished = time.time()
+            self._transition(State.ACTIVE)
+            log.warning("rebuild_caught_up", **self.rebuild.as_dict())
 
     def accept_loss(self) -> dict[str, Any]:
         if self.incomplete is None or self.state is not State.INCOMPLETE:
@@ -236,8 +272,12 @@ class Partition:
         # Also after a superseded batch, whose input this store never took.
         position = meta.input_offset if rebuild else max(meta.input_offset, committed)
         quiet = meta.outputs_sent if meta.outputs_sent > position else None
+        if quiet is not None:  # a rebuild, just started or resumed after a restart
+            begin = await self.ports.events_begin(self.number)
+            lost = begin > 0 or not self.ports.history_in_input
+            self.rebuild = Rebuild(self.number, position, quiet, lost)
         self.incomplete = None
-        self._transition(State.ACTIVE)
+        self._transition(State.ACTIVE if quiet is None else State.REBUILDING)
         self.ports.activate(self.number, position, quiet)
 
     async def _settle_loss(

@@ -78,6 +78,10 @@ class PartitionSet:
         if (held := self.held.get(p)) is not None:
             held.changelog_gap()
 
+    def caught_up(self, p: int) -> None:
+        if (held := self.held.get(p)) is not None:
+            held.caught_up()
+
     def accept_loss(self, p: int, node: str) -> dict[str, Any]:
         held = self.held.get(p)
         if held is None or held.role is not Role.ACTIVE:
@@ -132,6 +136,10 @@ class PartitionSet:
             for h in self.held.values()
             if h.incomplete is not None and h.state is State.INCOMPLETE
         ]
+
+    def rebuilds(self) -> list[dict[str, Any]]:
+        """Actives rebuilt from their input since this node took them: under way or done."""
+        return [h.rebuild.as_dict() for h in self.held.values() if h.rebuild is not None]
 
     def states(self) -> dict[str, str]:
         return {str(p): self.held[p].state.value for p in sorted(self.held)}

@@ -164,6 +164,11 @@ class RoutingTable:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._consumer.stop()
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The follower's loop, once started (``/health/live`` watches it)."""
+        return self._task
+
     def owner(self, partition: int) -> Replica | None:
         return self._routes.active.get(partition)
 

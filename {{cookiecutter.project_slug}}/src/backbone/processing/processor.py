@@ -54,6 +54,7 @@ class Staged:
     starts: dict[TopicPartition, int] = field(default_factory=dict)
     spans: list[trace.Span] = field(default_factory=list)
     sending: list[asyncio.Future[Sent | None]] = field(default_factory=list)
+    caught_up: set[int] = field(default_factory=set)  # rebuilt partitions past their quiet
 
     def folded(self, partition: int) -> dict[bytes, Folded] | None:
         for result in self.results:
@@ -95,6 +96,8 @@ class Processor:
         # Per partition being rebuilt from its input: the input offset below which its
         # output events and dead letters were sent before, so they are not sent again.
         self.quiet: dict[int, int] = {}
+        # Told a partition whose rebuild has applied its input past its quiet offset.
+        self.on_caught_up: Callable[[int], None] = lambda _: None
         # While the partition count changes: per partition, the barrier offset that this
         # generation applies its input up to, and no further (backbone.repartition).
         self.drain_to: dict[int, int] | None = None
@@ -165,6 +168,7 @@ class Processor:
                 result.dead = [d for d in result.dead if d.record.offset >= quiet]
                 if result.next_offset >= quiet:
                     del self.quiet[tp.partition]
+                    staged.caught_up.add(tp.partition)
             staged.results.append(result)
             staged.starts[tp] = records[0].offset
         return staged
@@ -179,11 +183,14 @@ class Processor:
         inflight, self._inflight = self._inflight, None
         offsets: dict[TopicPartition, int] = {}
         superseded: set[int] = set()
+        caught_up: list[int] = []
         if inflight is not None:
             done, superseded = await self._finish(inflight)
             for r in done:
                 if r.partition in self.ready:
                     offsets[TopicPartition(self.topics.events, r.partition)] = r.next_offset
+                if r.partition in inflight.caught_up:
+                    caught_up.append(r.partition)
         if staged is not None:
             staged.drop(superseded)
             for tp, start in staged.starts.items():
@@ -193,7 +200,10 @@ class Processor:
                 staged = None
         if not offsets:
             return
-        if not await self._still_owner(offsets, "batch" if staged is not None else "commit"):
+        confirmed = await self._still_owner(offsets, "batch" if staged is not None else "commit")
+        for partition in caught_up:
+            self.on_caught_up(partition)
+        if not confirmed:
             if staged is not None:
                 for tp, start in staged.starts.items():
                     if tp in self.consumer.assignment():

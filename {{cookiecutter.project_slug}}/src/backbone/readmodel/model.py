@@ -39,6 +39,11 @@ class ChangelogRecord(KeyedRecord, Protocol):
     def offset(self) -> int: ...
 
 
+# Integers the databases compare with (SQLite's and PostgreSQL's widest); a filter
+# beyond them would fail in the driver, not match nothing.
+_INTEGERS = range(-(2**63), 2**63)
+
+
 class QueryError(ValueError):
     """A list query names an unknown column or a value of the wrong type."""
 
@@ -200,6 +205,22 @@ class ReadModel(Generic[A]):
         self.live = Tables(self.engine, self.table, self.offsets)
         self._key = self.live.key
 
+    def filters(self) -> dict[str, str]:
+        """The columns a list may filter on, with their JSON Schema type (for OpenAPI)."""
+        found = {}
+        for column in self.table.columns:
+            kind = column.type
+            found[column.name] = (
+                "boolean"
+                if isinstance(kind, sa.Boolean)
+                else "integer"
+                if isinstance(kind, sa.Integer)
+                else "number"
+                if isinstance(kind, sa.Float | sa.Numeric)
+                else "string"
+            )
+        return found
+
     def next_offsets(self, topic: str) -> dict[int, int]:
         return self.stored_offsets(topic)[0]
 
@@ -310,9 +331,12 @@ class ReadModel(Generic[A]):
             raise QueryError(f"unknown filter {name!r}; filter by one of: {allowed}")
         column = self.table.c[name]
         try:
-            return column.type.python_type(raw)
+            value = column.type.python_type(raw)
         except (ValueError, TypeError):
             raise QueryError(f"{name}={raw!r} is not a valid {column.type}") from None
+        if isinstance(column.type, sa.Integer) and value not in _INTEGERS:
+            raise QueryError(f"{name}={raw!r} is beyond a 64-bit integer")
+        return value
 
     def query(
         self, filters: Mapping[str, str], limit: int, after: str | None = None

@@ -1,5 +1,6 @@
-"""Named points of the repartitioning protocol where kill tests stop a node. Without a hook
-(production) they do nothing; ``backbone.dev.faults`` installs one from ``FAULT_KILL_AT``."""
+"""Named points where kill tests stop a process: of the repartitioning protocol, and of
+``dlq replay`` (a batch sent, its transaction not committed). Without a hook (production)
+they do nothing; ``backbone.dev.faults`` installs one from ``FAULT_KILL_AT``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ POINTS = (
     "before_derived",
     "before_switched",
     "after_switch",
+    "dlq_replay_sent",
 )
 
 hook: Callable[[str], None] | None = None

@@ -200,6 +200,15 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             secret=True,
         ),
     ] = ""
+    admin_token: Annotated[
+        str,
+        _setting(
+            "bearer token of the public `/admin` routes (`Authorization: Bearer <ADMIN_TOKEN>`; "
+            "wrong or missing: 401). Empty: those routes answer 403. `/health/*` and `/metrics` "
+            "need none",
+            secret=True,
+        ),
+    ] = ""
     tls_cert: Annotated[
         str,
         _setting(
@@ -403,6 +412,11 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 "INTERNAL_TOKEN is a placeholder: every peer knows it. Set the same random "
                 "secret on every node, for example the output of `openssl rand -hex 32`"
+            )
+        if self.admin_token.strip().lower() in PLACEHOLDER_TOKENS:
+            raise SettingsError(
+                "ADMIN_TOKEN is a placeholder: anyone who read the example knows it. Set a "
+                "random secret, for example the output of `openssl rand -hex 32`"
             )
         if self.internal_url:
             return self
