@@ -51,12 +51,14 @@ async def serve(public: Any, internal: Any, settings: EngineSettings) -> None:
     )
 
     def stop() -> None:
-        front.should_exit = back.should_exit = True
+        # The internal API serves on until the engine (in the public app's lifespan) has
+        # stopped and left the group: peers that see it refuse connections remove it.
+        front.should_exit = True
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     tasks = {asyncio.create_task(front.serve()), asyncio.create_task(back.serve())}
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    stop()
+    front.should_exit = back.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)

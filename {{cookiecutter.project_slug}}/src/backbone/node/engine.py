@@ -26,8 +26,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
+from backbone.membership.removal import leave, remove_dead
 from backbone.node.clients import Clients, kafka_clients, make_producer
 from backbone.node.generations import NodeGenerations
+from backbone.node.liveness import PeerWatch
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
 from backbone.node.peers import GroupPeers
@@ -75,6 +77,18 @@ class Parts(Generic[A]):
     bootstrapper: Bootstrapper
     partitions: PartitionSet
     queries: Queries[A]
+    watch: PeerWatch
+
+
+def _peer_watch(s: EngineSettings, clients: Clients, group: str) -> PeerWatch:
+    return PeerWatch(
+        clients.routing,
+        clients.http,
+        s.internal_url,
+        s.peer_dead_after_ms / 1000,
+        s.peer_probe_interval_ms / 1000,
+        lambda endpoint: remove_dead(s, group, endpoint),
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -187,7 +201,8 @@ class Engine(Generic[A]):
         queries = Queries(
             local, clients.routing, clients.http, s.zone, s.internal_url, s.internal_token
         )
-        return Parts(clients, assignor, processor, bootstrapper, partitions, queries)
+        watch = _peer_watch(s, clients, self.topics.group)
+        return Parts(clients, assignor, processor, bootstrapper, partitions, queries, watch)
 
     async def start(self) -> None:
         s = self.settings
@@ -247,6 +262,7 @@ class Engine(Generic[A]):
         self._joined = False
         self.parts = parts
         self._processing = asyncio.create_task(self._process(parts), name="processor")
+        parts.watch.start()
 
     async def _process(self, parts: Parts[A]) -> None:
         try:
@@ -262,16 +278,17 @@ class Engine(Generic[A]):
         if self._coordinator is not None:
             await self._coordinator.stop()
         await self.generations.stop()
-        await self._stop_parts()
+        await self._stop_parts(leave_group=self.settings.leave_group_on_stop)
         if self._producer is not None:
             await self._producer.stop()
         log.info("engine_stopped")
 
-    async def _stop_parts(self) -> None:
+    async def _stop_parts(self, leave_group: bool = False) -> None:
         parts = self.parts
         if parts is None:
             return
         clients = parts.clients
+        await parts.watch.stop()
         async with parts.processor.lock:  # the batch in flight finishes and commits first
             if self._processing is not None:
                 self._processing.cancel()
@@ -282,6 +299,8 @@ class Engine(Generic[A]):
         # Outside the lock: stopping mid-join calls the revoke listener, which takes it.
         self.parts = None
         await _bounded("consumer", clients.consumer.stop())
+        if leave_group:  # a static member does not leave by itself: its standbys take over now
+            await _bounded("group leave", leave(self.settings, self.topics.group))
         self.processed_before += parts.processor.processed
         await _bounded("changelog reader", clients.reader.stop())
         await _bounded("routing", clients.routing.stop())
