@@ -138,19 +138,19 @@ def main() -> int:
                     assert victim is not None
                     witness = (victim + 1) % 3
                     wait_until(lambda k=key, v=victim: version(v, k) > 1, 60, "events flowing")
+                    before = version(victim, key)
                     started = time.monotonic()
                     process = nodes[victim].proc
                     assert process is not None
                     process.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
-                    gone = nodes[victim].name
-
-                    def elsewhere(k: str = key, w: int = witness, g: str = gone) -> int:
-                        return max(version(w, k, g), 0)
-
-                    # The new owner's first answer holds all the old one applied; resumed
-                    # once it applies one more event.
-                    first = wait_until(elsewhere, 120, "another owner", every=0.02)
-                    wait_until(lambda f=first: elsewhere() > f, 60, "the next event", every=0.02)
+                    wait_until(
+                        lambda k=key, b=before, w=witness, g=nodes[victim].name: (
+                            version(w, k, g) > b
+                        ),
+                        120,
+                        "the partition to resume elsewhere",
+                        every=0.02,
+                    )
                     took = time.monotonic() - started
                     nodes[victim].stop()  # waits for it to exit
                     nodes[victim] = node(victim).start()

@@ -30,7 +30,8 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
 
     settings = service.settings()
     app = service.app(settings)
-    asyncio.run(serve(app, internal_app(app.state.engine), settings))
+    engine = app.state.engine
+    asyncio.run(serve(app, internal_app(engine), settings, engine.hand_off))
     return 0
 
 

@@ -39,7 +39,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from backbone.http.reads import RETRY, batch_request, batch_response, read_options, read_response
 from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
-from backbone.node.liveness import HEALTH_PATH
+from backbone.node.liveness import HEALTH_PATH, REJOIN_PATH, rejoin_from
 from backbone.node.queries import FORWARDED_HEADER
 from backbone.node.reads import UnavailableError
 from backbone.observability import log_refusals
@@ -243,13 +243,28 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         parts = engine.parts
         return {"suspects": [] if parts is None else parts.watch.suspects()}
 
+    @post(REJOIN_PATH, guards=guard, status_code=HTTP_200_OK)
+    async def rejoin(generation: int) -> dict[str, bool]:
+        """A peer left group generation ``generation``, or was removed: join again now."""
+        parts = engine.parts
+        return {"rejoining": parts is not None and rejoin_from(parts.clients.consumer, generation)}
+
     @get("/internal/repartition", guards=guard)
     async def repartition() -> dict[str, Any]:
         """The generation in force, the change under way: its step, progress and blocks."""
         return engine.repartition_status()
 
     return Litestar(
-        route_handlers=[checkpoint, aggregate, batch_get, scan, accept_loss, repartition, health],
+        route_handlers=[
+            checkpoint,
+            aggregate,
+            batch_get,
+            scan,
+            accept_loss,
+            repartition,
+            health,
+            rejoin,
+        ],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
         before_send=[log_refusals],

@@ -80,14 +80,26 @@ class Parts(Generic[A]):
     watch: PeerWatch
 
 
-def _peer_watch(s: EngineSettings, clients: Clients, group: str) -> PeerWatch:
-    return PeerWatch(
-        clients.routing,
-        clients.http,
-        s.internal_url,
-        s.peer_dead_after_ms / 1000,
-        s.peer_probe_interval_ms / 1000,
-        lambda endpoint: remove_dead(s, group, endpoint),
+async def _leave(s: EngineSettings, group: str, watch: PeerWatch) -> None:
+    generation = watch.routing.routes.generation  # the peers' until they rejoin
+    await leave(s, group)
+    await watch.nudge(generation)
+
+
+def _announce(s: EngineSettings, generation: Generation) -> None:
+    if not s.internal_token:
+        log.warning(
+            "internal_token_missing",
+            detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
+            "and queries for partitions owned elsewhere cannot be forwarded",
+        )
+    log.info(
+        "engine_started",
+        service=s.service,
+        node=s.node_id,
+        zone=s.zone,
+        partitions=generation.partitions,
+        generation=generation.number,
     )
 
 
@@ -115,6 +127,7 @@ class Engine(Generic[A]):
         self.failure: str | None = None
         self._joined = False
         self._processing: asyncio.Task[None] | None = None
+        self._handoff: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._coordinator: Coordinator | None = None
         self._switching = asyncio.Lock()
@@ -201,7 +214,8 @@ class Engine(Generic[A]):
         queries = Queries(
             local, clients.routing, clients.http, s.zone, s.internal_url, s.internal_token
         )
-        watch = _peer_watch(s, clients, self.topics.group)
+        group = self.topics.group
+        watch = PeerWatch(clients, s, lambda endpoint: remove_dead(s, group, endpoint))
         return Parts(clients, assignor, processor, bootstrapper, partitions, queries, watch)
 
     async def start(self) -> None:
@@ -220,20 +234,7 @@ class Engine(Generic[A]):
         assert self.generations.control is not None
         self._coordinator = Coordinator(self, self.generations.control)
         self._coordinator.start()
-        if not s.internal_token:
-            log.warning(
-                "internal_token_missing",
-                detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
-                "and queries for partitions owned elsewhere cannot be forwarded",
-            )
-        log.info(
-            "engine_started",
-            service=s.service,
-            node=s.node_id,
-            zone=s.zone,
-            partitions=self.generation.partitions,
-            generation=self.generation.number,
-        )
+        _announce(s, self.generation)
 
     async def _start_parts(self) -> None:
         parts = self._compose()
@@ -274,11 +275,23 @@ class Engine(Generic[A]):
             log.exception("processor_failed")
             raise
 
-    async def stop(self) -> None:
+    def hand_off(self) -> asyncio.Task[None]:
+        """On SIGTERM, while the HTTP servers drain: commit, stop processing and leave the
+        group, so that standbys take over at once. ``stop`` waits for it."""
+        if self._handoff is None:
+            log.info("engine_handing_off")
+            self._handoff = asyncio.create_task(self._hand_off(), name="handoff")
+        return self._handoff
+
+    async def _hand_off(self) -> None:
         if self._coordinator is not None:
-            await self._coordinator.stop()
-        await self.generations.stop()
+            await self._coordinator.stop()  # first: it may start parts of a generation
         await self._stop_parts(leave_group=self.settings.leave_group_on_stop)
+
+    async def stop(self) -> None:
+        await self.hand_off()
+        await self._hand_off()  # again: a SIGTERM while starting came before the parts
+        await self.generations.stop()
         if self._producer is not None:
             await self._producer.stop()
         log.info("engine_stopped")
@@ -300,7 +313,7 @@ class Engine(Generic[A]):
         self.parts = None
         await _bounded("consumer", clients.consumer.stop())
         if leave_group:  # a static member does not leave by itself: its standbys take over now
-            await _bounded("group leave", leave(self.settings, self.topics.group))
+            await _bounded("group leave", _leave(self.settings, self.topics.group, parts.watch))
         self.processed_before += parts.processor.processed
         await _bounded("changelog reader", clients.reader.stop())
         await _bounded("routing", clients.routing.stop())
