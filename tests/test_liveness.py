@@ -111,7 +111,7 @@ def test_the_lowest_live_url_removes_once_every_live_peer_suspects_too() -> None
     removed: list[str] = []
     a, http, coordinator = watch(A, removed)
     a._peers = {B: _Peer(), C: dead(_Peer())}
-    asyncio.run(a._decide())
+    assert asyncio.run(a._decide()), "waits for b's vote"
     assert removed == [], "b still reached c at its latest answer"
 
     a._peers[B].answered(frozenset({C}))

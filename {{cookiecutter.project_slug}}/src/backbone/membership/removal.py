@@ -7,7 +7,10 @@ it), so its partitions wait for its session to time out. Removing it as
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
@@ -21,6 +24,7 @@ from backbone.settings import EngineSettings
 log = structlog.get_logger(__name__)
 
 NO_ERROR = "NoError"
+Send = Callable[[Any], Awaitable[Any]]
 
 
 def instance_id(settings: EngineSettings) -> str:
@@ -41,24 +45,29 @@ def _admin(settings: EngineSettings) -> AIOKafkaAdminClient:
     )
 
 
+@asynccontextmanager
+async def _coordinator(settings: EngineSettings, group: str) -> AsyncIterator[Send]:
+    """Sends requests to ``group``'s coordinator, over one admin connection."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        node = await admin.find_coordinator(group)
+
+        async def send(request: Any) -> Any:
+            return await admin._send_request(request, node)
+
+        yield send
+    finally:
+        await admin.close()
+
+
 def _error(code: int) -> str:
     return NO_ERROR if code == 0 else for_code(code).__name__
 
 
-async def _coordinator(admin: AIOKafkaAdminClient, group: str) -> int:
-    node: int = await admin.find_coordinator(group)
-    return node
-
-
-async def describe(settings: EngineSettings, group: str) -> list[Member]:
+async def _describe(send: Send, group: str) -> list[Member]:
     """The members of ``group`` now, with their instance ids and endpoints."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
-        node = await _coordinator(admin, group)
-        response = await admin._send_request(DescribeGroupsRequest(group), node)
-    finally:
-        await admin.close()
+    response = await send(DescribeGroupsRequest(group))
     members = []
     for code, _, _, _, _, listed, _ in response.groups:
         if code:
@@ -72,18 +81,12 @@ async def describe(settings: EngineSettings, group: str) -> list[Member]:
     return members
 
 
-async def remove(
-    settings: EngineSettings, group: str, members: list[tuple[str, str]], reason: str
+async def _remove(
+    send: Send, group: str, members: list[tuple[str, str]], reason: str
 ) -> dict[str, str]:
     """Remove ``members`` ((member id or "", instance id) pairs) from ``group``; returns
     each instance's error name, ``NoError`` when it was removed. Every outcome is logged."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
-        node = await _coordinator(admin, group)
-        response = await admin._send_request(LeaveGroupRequest(group, members), node)
-    finally:
-        await admin.close()
+    response = await send(LeaveGroupRequest(group, members))
     if response.error_code:
         log.warning(
             "group_members_not_removed",
@@ -107,21 +110,23 @@ async def remove(
     return outcome
 
 
-async def leave(settings: EngineSettings, group: str) -> None:
+async def leave(settings: EngineSettings, group: str) -> dict[str, str]:
     """Remove this node's own static membership: called once its consumer has stopped."""
     try:
-        await remove(settings, group, [("", instance_id(settings))], "stopped")
+        async with _coordinator(settings, group) as send:
+            return await _remove(send, group, [("", instance_id(settings))], "stopped")
     except KafkaError as exc:
         log.warning("group_leave_failed", group=group, error=str(exc))
+        return {}
 
 
-async def remove_dead(settings: EngineSettings, group: str, endpoint: str) -> None:
+async def remove_dead(settings: EngineSettings, group: str, endpoint: str) -> dict[str, str]:
     """Remove the members whose internal API is ``endpoint``, named by member id too: if
     the node restarted and joined again meanwhile, the coordinator keeps the new member."""
-    members = [
-        (m.member_id, m.instance_id)
-        for m in await describe(settings, group)
-        if m.endpoint == endpoint and m.instance_id
-    ]
-    if members:
-        await remove(settings, group, members, f"dead peer {endpoint}")
+    async with _coordinator(settings, group) as send:
+        members = [
+            (m.member_id, m.instance_id)
+            for m in await _describe(send, group)
+            if m.endpoint == endpoint and m.instance_id
+        ]
+        return await _remove(send, group, members, f"dead peer {endpoint}") if members else {}

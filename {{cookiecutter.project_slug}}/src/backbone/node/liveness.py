@@ -13,7 +13,7 @@ epochs and joins again (docs/decisions/0022).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,6 +30,7 @@ REJOIN_PATH = "/internal/rejoin"
 REFUSALS = 2
 RECHECK_S = 0.05  # after a refusal: the next one confirms a dead process soon
 PROBE_TIMEOUT_S = 1.0
+RETRY_S = 2.0  # after a removal failed
 
 
 @dataclass
@@ -72,7 +73,7 @@ class PeerWatch:
         self,
         clients: Clients,
         settings: EngineSettings,
-        remove: Callable[[str], Awaitable[None]],
+        remove: Callable[[str], Awaitable[object]],
     ) -> None:
         self.routing = clients.routing
         self.http = clients.http
@@ -106,16 +107,25 @@ class PeerWatch:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            probes = self._probe_all(started)
-            if probes:  # decide on this round's answers; a refusal comes within milliseconds
-                await asyncio.wait(probes, timeout=self.interval_s)
             try:
-                await self._decide()
+                if await self._round(started):
+                    # The live peers may suspect it by now: ask them again at once.
+                    await asyncio.sleep(RECHECK_S)
+                    await self._round(loop.time())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("peer_removal_failed", error=str(exc))
+                log.warning("peer_removal_failed", error=str(exc), retry_in_s=RETRY_S)
+                await asyncio.sleep(RETRY_S)
             await asyncio.sleep(max(0.0, started + self.interval_s - loop.time()))
+
+    async def _round(self, now: float) -> bool:
+        """Probe, then decide on this round's answers (a refusal comes within
+        milliseconds). True when a dead peer waits for the votes of live ones."""
+        probes = self._probe_all(now)
+        if probes:
+            await asyncio.wait(probes, timeout=self.interval_s)
+        return await self._decide()
 
     def _probe_all(self, now: float) -> list[asyncio.Task[None]]:
         """Probe every listed peer that has no probe under way; returns the new probes."""
@@ -147,7 +157,9 @@ class PeerWatch:
             peer.missed(sent, refused)
             if reached:
                 log.info("peer_unreachable", peer=url, refused=refused, error=type(exc).__name__)
-            if 0 < peer.refusals < REFUSALS:
+            # A reset of a pooled connection: a new one tells whether the process is gone.
+            reset = reached and isinstance(exc, aiohttp.ClientConnectionError)
+            if (0 < peer.refusals < REFUSALS) or (reset and not isinstance(exc, TimeoutError)):
                 await asyncio.sleep(RECHECK_S)
                 await self._probe(url, peer, asyncio.get_running_loop().time())
         else:
@@ -157,30 +169,33 @@ class PeerWatch:
             if not reached:
                 log.info("peer_reachable", peer=url)
 
-    async def _decide(self) -> None:
+    async def _decide(self) -> bool:
         dead = {url for url, p in self._peers.items() if p.dead(self.dead_after_s)}
         if not dead:
-            return
+            return False
         live = {url: p for url, p in self._peers.items() if url not in dead}
         if min([self.self_url, *live]) != self.self_url:
-            return  # a live peer with a lower URL decides
+            return False  # a live peer with a lower URL decides
         generation = self.routing.routes.generation
+        waiting = False
         for url in sorted(dead):
             if self._removed.get(url) == generation:
                 continue  # removed already; the next view will not name it
             if not all(url in p.suspects for p in live.values()):
-                continue  # a live peer still reaches it
+                waiting = True  # a live peer still reaches it, or did at its last answer
+                continue
             log.warning("peer_dead", peer=url, generation=generation)
             await self.remove(url)
             self._removed[url] = generation
             rejoin_from(self.consumer, generation)
-            await self.nudge(generation, gone=url)
+            await self.nudge(generation, skip=dead)
+        return waiting
 
-    async def nudge(self, generation: int, gone: str = "") -> None:
+    async def nudge(self, generation: int, skip: Collection[str] = ()) -> None:
         """After a member of group generation ``generation`` left or was removed: ask the
         peers to join again now, not at their next heartbeat (half of one sooner, on
         average)."""
-        listed = {m.endpoint for m in self.routing.members} - {"", self.self_url, gone}
+        listed = {m.endpoint for m in self.routing.members} - {"", self.self_url, *skip}
         await asyncio.gather(*(self._nudge(url, generation) for url in sorted(listed)))
 
     async def _nudge(self, url: str, generation: int) -> None:
