@@ -1,6 +1,8 @@
-"""Failover time: SIGKILL the node owning a partition, time until that partition's next
-event is applied elsewhere. 3 nodes in 3 zones, 1 standby, continuous load, a broker with
-default group settings. Prints one JSON line.
+"""Failover time: stop the node owning a partition, time until that partition's next
+event is applied elsewhere. Each trial stops an owner with SIGTERM (planned: it leaves the
+group itself) and then one with SIGKILL (unplanned: its peers remove it). 3 nodes in 3
+zones, 1 standby, continuous load, a broker with default group settings. Prints one JSON
+line: ``planned_*`` for SIGTERM, the others for SIGKILL.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -95,7 +98,7 @@ def main() -> int:
             stop = threading.Event()
             loader = threading.Thread(target=lambda: asyncio.run(load(kafka.brokers, keys, stop)))
             nodes = [node(i).start() for i in range(3)]
-            durations: list[float] = []
+            durations: dict[str, list[float]] = {"SIGTERM": [], "SIGKILL": []}
             try:
                 for n in nodes:
                     n.wait_ready(timeout=90)
@@ -108,24 +111,27 @@ def main() -> int:
                             return i
                     return None
 
-                def version(i: int, key: str) -> int:
+                def version(i: int, key: str, not_by: str = "") -> int:
+                    """As node ``i`` answers, -1 when it fails or ``not_by`` served it (a
+                    node that stops with SIGTERM applies its last batches first)."""
                     try:
                         response = httpx.get(f"{nodes[i].url}/customers/{key}", timeout=2)
                     except httpx.HTTPError:
                         return -1
-                    return int(response.json()["version"]) if response.status_code == 200 else -1
+                    served_by = response.headers.get("x-backbone-served-by")
+                    if response.status_code != 200 or served_by == not_by:
+                        return -1
+                    return int(response.json()["version"])
 
-                for trial in range(args.trials):
-                    partition = trial % PARTITIONS
+                def settled() -> bool:
+                    statuses = [n.status() or {} for n in nodes]
+                    active = sorted(p for s in statuses for p in s.get("active", []))
+                    return all(s.get("ready") for s in statuses) and active == list(
+                        range(PARTITIONS)
+                    )
+
+                def fail_over(partition: int, how: str) -> float:
                     key = keys[partition]
-
-                    def settled() -> bool:
-                        statuses = [n.status() or {} for n in nodes]
-                        active = sorted(p for s in statuses for p in s.get("active", []))
-                        return all(s.get("ready") for s in statuses) and active == list(
-                            range(PARTITIONS)
-                        )
-
                     wait_until(settled, 120, "the cluster to settle", every=0.2)
                     wait_until(lambda p=partition: owner(p) is not None, 60, "an owner")
                     victim = owner(partition)
@@ -134,31 +140,47 @@ def main() -> int:
                     wait_until(lambda k=key, v=victim: version(v, k) > 1, 60, "events flowing")
                     before = version(victim, key)
                     started = time.monotonic()
-                    nodes[victim].kill()
+                    process = nodes[victim].proc
+                    assert process is not None
+                    process.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
                     wait_until(
-                        lambda k=key, b=before, w=witness: version(w, k) > b,
+                        lambda k=key, b=before, w=witness, g=nodes[victim].name: (
+                            version(w, k, g) > b
+                        ),
                         120,
                         "the partition to resume elsewhere",
                         every=0.02,
                     )
-                    durations.append(time.monotonic() - started)
-                    print(
-                        f"trial {trial}: partition {partition} resumed after {durations[-1]:.2f}s",
-                        file=sys.stderr,
-                    )
+                    took = time.monotonic() - started
+                    nodes[victim].stop()  # waits for it to exit
                     nodes[victim] = node(victim).start()
                     nodes[victim].wait_ready(timeout=90)
+                    return took
+
+                for trial in range(args.trials):
+                    for n, (how, times) in enumerate(durations.items()):
+                        partition = (2 * trial + n) % PARTITIONS
+                        times.append(fail_over(partition, how))
+                        print(
+                            f"trial {trial} {how}: partition {partition} resumed after "
+                            f"{times[-1]:.2f}s",
+                            file=sys.stderr,
+                        )
             finally:
                 stop.set()
                 if loader.is_alive():
                     loader.join(timeout=30)
                 for n in nodes:
                     n.stop()
+    planned, killed = durations["SIGTERM"], durations["SIGKILL"]
     result = {
-        "trials": len(durations),
-        "min_s": round(min(durations), 2),
-        "median_s": round(statistics.median(durations), 2),
-        "max_s": round(max(durations), 2),
+        "trials": len(killed),
+        "planned_min_s": round(min(planned), 2),
+        "planned_median_s": round(statistics.median(planned), 2),
+        "planned_max_s": round(max(planned), 2),
+        "min_s": round(min(killed), 2),
+        "median_s": round(statistics.median(killed), 2),
+        "max_s": round(max(killed), 2),
         "partitions": PARTITIONS,
         **machine(),
     }

@@ -36,7 +36,8 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     # would retry them.
     asyncio.run(check_kafka(kafka_connection(settings)))
     tune_gc()
-    asyncio.run(serve(app, internal_app(app.state.engine), settings))
+    engine = app.state.engine
+    asyncio.run(serve(app, internal_app(engine), settings, engine.hand_off))
     return 0
 
 

@@ -30,7 +30,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -134,9 +134,11 @@ def cancel_on_signal(names: str) -> None:
                 log.warning("fault_cancel", task=task.get_name())
                 task.cancel()
 
-    async def serve_and_cancel(public: Any, internal: Any, settings: EngineSettings) -> None:
+    async def serve_and_cancel(
+        public: Any, internal: Any, settings: EngineSettings, on_stop: Callable[[], object]
+    ) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, cancel)
-        await serve(public, internal, settings)
+        await serve(public, internal, settings, on_stop)
 
     serving.serve = serve_and_cancel
 

@@ -1,4 +1,4 @@
-"""The internal API, on its own port: checkpoints for peers and forwarded queries.
+"""The internal API, on its own port: checkpoints for peers, forwarded queries, liveness.
 
 A checkpoint holds every customer's data of a partition, so it needs the shared token
 (compared in constant time) and, when configured, mutual TLS on this listener. The port
@@ -48,6 +48,7 @@ from backbone.http.reads import (
 )
 from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
+from backbone.node.peer_watch import HEALTH_PATH, REJOIN_PATH, rejoin_from
 from backbone.node.queries import FORWARDED_HEADER
 from backbone.node.reads import UnavailableError
 from backbone.observability import log_refusals
@@ -251,13 +252,35 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         except LookupError as exc:
             raise HTTPException(status_code=HTTP_409_CONFLICT, detail=str(exc)) from exc
 
+    @get(HEALTH_PATH)
+    async def health() -> dict[str, Any]:
+        """For peers' liveness probes (``backbone.node.peer_watch``): no token, as it tells
+        no data, only whom this node cannot reach."""
+        parts = engine.parts
+        return {"suspects": [] if parts is None else parts.watch.suspects()}
+
+    @post(REJOIN_PATH, guards=guard, status_code=HTTP_200_OK)
+    async def rejoin(generation: int) -> dict[str, bool]:
+        """A peer left group generation ``generation``, or was removed: join again now."""
+        parts = engine.parts
+        return {"rejoining": parts is not None and rejoin_from(parts.clients.consumer, generation)}
+
     @get("/internal/repartition", guards=guard)
     async def repartition() -> dict[str, Any]:
         """The generation in force, the change under way: its step, progress and blocks."""
         return engine.repartition_status()
 
     return Litestar(
-        route_handlers=[checkpoint, aggregate, batch_get, scan, accept_loss, repartition],
+        route_handlers=[
+            checkpoint,
+            aggregate,
+            batch_get,
+            scan,
+            accept_loss,
+            repartition,
+            health,
+            rejoin,
+        ],
         openapi_config=None,  # no /schema: this port serves its guarded routes only
         logging_config=None,
         before_send=[log_refusals],

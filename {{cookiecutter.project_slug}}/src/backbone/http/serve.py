@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -36,7 +36,10 @@ def _config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
     )
 
 
-async def serve(public: Any, internal: Any, settings: EngineSettings) -> None:
+async def serve(
+    public: Any, internal: Any, settings: EngineSettings, on_stop: Callable[[], object]
+) -> None:
+    """Until SIGTERM or SIGINT, which calls ``on_stop`` at once (the engine's handoff)."""
     tls: dict[str, Any] = {}
     if settings.tls_cert:
         tls = {
@@ -51,12 +54,15 @@ async def serve(public: Any, internal: Any, settings: EngineSettings) -> None:
     )
 
     def stop() -> None:
-        front.should_exit = back.should_exit = True
+        # The internal API serves on until the engine (in the public app's lifespan) has
+        # stopped and left the group: peers that see it refuse connections remove it.
+        front.should_exit = True
+        on_stop()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     tasks = {asyncio.create_task(front.serve()), asyncio.create_task(back.serve())}
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    stop()
+    front.should_exit = back.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from backbone.assignment import BackboneAssignor
 from backbone.changelog.reader import ChangelogReader
 from backbone.kafka_connection import kafka_connection
+from backbone.membership.removal import instance_id
 from backbone.node.routing import RoutingTable, ViewPublisher
 from backbone.node.tls import client_tls
 from backbone.settings import EngineSettings
@@ -75,7 +76,7 @@ def kafka_clients(
         group_id=topics.group,
         # Static membership: a restarted node takes its partitions back without a
         # rebalance of the whole group.
-        group_instance_id=f"{settings.service}-{settings.node_id}",
+        group_instance_id=instance_id(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",

@@ -27,11 +27,13 @@ from backbone.assignment import BackboneAssignor
 from backbone.changelog.writer import ChangelogWriter
 from backbone.domain import Domain, Event
 from backbone.kafka_connection import kafka_connection
+from backbone.membership.removal import leave, remove_dead
 from backbone.node.clients import Clients, kafka_clients, make_producer
 from backbone.node.generations import NodeGenerations
 from backbone.node.liveness import dead_parts
 from backbone.node.metrics import register_metrics
 from backbone.node.partitions import PartitionSet
+from backbone.node.peer_watch import PeerWatch
 from backbone.node.peers import GroupPeers
 from backbone.node.ports import NodePorts
 from backbone.node.positions import Position
@@ -77,6 +79,30 @@ class Parts(Generic[A]):
     bootstrapper: Bootstrapper
     partitions: PartitionSet
     queries: Queries[A]
+    watch: PeerWatch
+
+
+async def _leave(s: EngineSettings, group: str, watch: PeerWatch) -> None:
+    generation = watch.routing.routes.generation  # the peers' until they rejoin
+    await leave(s, group)
+    await watch.nudge(generation)
+
+
+def _announce(s: EngineSettings, generation: Generation) -> None:
+    if not s.internal_token:
+        log.warning(
+            "internal_token_missing",
+            detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
+            "and queries for partitions owned elsewhere cannot be forwarded",
+        )
+    log.info(
+        "engine_started",
+        service=s.service,
+        node=s.node_id,
+        zone=s.zone,
+        partitions=generation.partitions,
+        generation=generation.number,
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -103,6 +129,7 @@ class Engine(Generic[A]):
         self.failure: str | None = None
         self._joined = False
         self._processing: asyncio.Task[None] | None = None
+        self._handoff: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._coordinator: Coordinator | None = None
         self._switching = asyncio.Lock()
@@ -190,7 +217,9 @@ class Engine(Generic[A]):
         queries = Queries(
             local, clients.routing, clients.http, s.zone, s.internal_url, s.internal_token
         )
-        return Parts(clients, assignor, processor, bootstrapper, partitions, queries)
+        group = self.topics.group
+        watch = PeerWatch(clients, s, lambda endpoint: remove_dead(s, group, endpoint))
+        return Parts(clients, assignor, processor, bootstrapper, partitions, queries, watch)
 
     async def start(self) -> None:
         s = self.settings
@@ -208,20 +237,7 @@ class Engine(Generic[A]):
         assert self.generations.control is not None
         self._coordinator = Coordinator(self, self.generations.control)
         self._coordinator.start()
-        if not s.internal_token:
-            log.warning(
-                "internal_token_missing",
-                detail="INTERNAL_TOKEN is not set: peers cannot bootstrap from this node, "
-                "and queries for partitions owned elsewhere cannot be forwarded",
-            )
-        log.info(
-            "engine_started",
-            service=s.service,
-            node=s.node_id,
-            zone=s.zone,
-            partitions=self.generation.partitions,
-            generation=self.generation.number,
-        )
+        _announce(s, self.generation)
 
     async def _start_parts(self) -> None:
         parts = self._compose()
@@ -250,6 +266,7 @@ class Engine(Generic[A]):
         self._joined = False
         self.parts = parts
         self._processing = asyncio.create_task(self._process(parts), name="processor")
+        parts.watch.start()
 
     async def _process(self, parts: Parts[A]) -> None:
         try:
@@ -261,20 +278,33 @@ class Engine(Generic[A]):
             log.exception("processor_failed")
             raise
 
-    async def stop(self) -> None:
+    def hand_off(self) -> asyncio.Task[None]:
+        """On SIGTERM, while the HTTP servers drain: commit, stop processing and leave the
+        group, so that standbys take over at once. ``stop`` waits for it."""
+        if self._handoff is None:
+            log.info("engine_handing_off")
+            self._handoff = asyncio.create_task(self._hand_off(), name="handoff")
+        return self._handoff
+
+    async def _hand_off(self) -> None:
         if self._coordinator is not None:
-            await self._coordinator.stop()
+            await self._coordinator.stop()  # first: it may start parts of a generation
+        await self._stop_parts(leave_group=self.settings.leave_group_on_stop)
+
+    async def stop(self) -> None:
+        await self.hand_off()
+        await self._hand_off()  # again: a SIGTERM while starting came before the parts
         await self.generations.stop()
-        await self._stop_parts()
         if self._producer is not None:
             await self._producer.stop()
         log.info("engine_stopped")
 
-    async def _stop_parts(self) -> None:
+    async def _stop_parts(self, leave_group: bool = False) -> None:
         parts = self.parts
         if parts is None:
             return
         clients = parts.clients
+        await parts.watch.stop()
         async with parts.processor.idle():  # the batch in flight finishes and commits first
             if self._processing is not None:
                 self._processing.cancel()
@@ -285,6 +315,8 @@ class Engine(Generic[A]):
         # Outside the lock: stopping mid-join calls the revoke listener, which takes it.
         self.parts = None
         await _bounded("consumer", clients.consumer.stop())
+        if leave_group:  # a static member does not leave by itself: its standbys take over now
+            await _bounded("group leave", _leave(self.settings, self.topics.group, parts.watch))
         self.processed_before += parts.processor.processed
         await _bounded("changelog reader", clients.reader.stop())
         await _bounded("routing", clients.routing.stop())

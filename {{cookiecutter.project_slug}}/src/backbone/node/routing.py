@@ -169,6 +169,12 @@ class RoutingTable:
         """The follower's loop, once started (``/health/live`` watches it)."""
         return self._task
 
+    @property
+    def members(self) -> list[Replica]:
+        """Every member of the latest view, holding partitions or not."""
+        view = self._view
+        return [] if view is None else [Replica(m.node, m.zone, m.endpoint) for m in view.members]
+
     def owner(self, partition: int) -> Replica | None:
         return self._routes.active.get(partition)
 

@@ -233,6 +233,27 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1_000,
         ),
     ] = 6_000
+    leave_group_on_stop: Annotated[
+        bool,
+        _setting(
+            "a node stopped by SIGTERM removes its static membership from the group once its "
+            "last batch is committed, so that its standbys take over at once. `off`: its "
+            "partitions wait up to `SESSION_TIMEOUT_MS` for it to come back"
+        ),
+    ] = True
+    peer_dead_after_ms: Annotated[
+        int,
+        _setting(
+            "a peer whose internal API answers no health probe for this long (or refuses "
+            "connections twice in a row), as every live node sees it, is removed from the "
+            "group by the live node with the lowest internal URL. `0`: peers are left to "
+            "the session timeout",
+            ge=0,
+        ),
+    ] = 3_000
+    peer_probe_interval_ms: Annotated[
+        int, _setting("how often a node probes each peer's internal API for that", ge=50)
+    ] = 250
     acceptable_lag: Annotated[
         int,
         _setting(
