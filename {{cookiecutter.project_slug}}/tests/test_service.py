@@ -35,7 +35,14 @@ def post(node: NodeProcess, aggregate_id: str, event: dict[str, Any]) -> httpx.R
 
 
 def get_state(node: NodeProcess, aggregate_id: str) -> dict[str, Any] | None:
-    response = httpx.get(f"{node.url}/{PLURAL}/{aggregate_id}", timeout=10)
+    """The aggregate, read as a client should: a 503 (a rebalance) is asked again after
+    its Retry-After, for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(f"{node.url}/{PLURAL}/{aggregate_id}", timeout=10)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(float(response.headers.get("retry-after", "1")))
     if response.status_code == 404:
         return None
     response.raise_for_status()

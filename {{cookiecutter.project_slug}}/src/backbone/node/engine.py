@@ -350,6 +350,7 @@ class Engine(Generic[A]):
         parts = self.parts
         if parts is None:
             return  # these parts are stopping: they close every partition themselves
+        self._joined = False  # not ready until the rebalance ends: it holds nothing meanwhile
         async with parts.processor.idle():  # the batch in flight finishes and commits first
             parts.partitions.revoke(partitions)
 
@@ -375,7 +376,6 @@ class Engine(Generic[A]):
             raise RuntimeError("the engine has not started")
         return self.parts
 
-    # --- what the HTTP APIs use ------------------------------------------------------
     def held_store(self, partition: int) -> PartitionStore | None:
         """The store of a partition this node serves checkpoints of (active or standby)."""
         return None if self.parts is None else self.parts.partitions.serving(partition)

@@ -57,7 +57,7 @@ def not_ready(parts: Parts[Any], joined: bool, dead: list[str], failure: str | N
     if failure is not None and not any(failure in reason for reason in dead):
         reasons.append(failure)
     if not joined:
-        reasons.append("the node has not joined the consumer group yet")
+        reasons.append("the node has not joined the consumer group yet, or a rebalance is on")
     if not parts.partitions.all_active_ready():
         for p, held in sorted(parts.partitions.held.items()):
             if held.role is Role.ACTIVE and not held.ready:
