@@ -10,6 +10,7 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import NotLeaderForPartitionError
 
 from backbone.admin import replayed
 from backbone.kafka_connection import KafkaConnection
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 REPLAYED_FROM = "dlq-replayed-from"
 BATCH = 500  # dead letters per transaction
+SUBMIT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,43 @@ async def _submit(
         fault_point("dlq_replay_sent")
 
 
+class _Submitter:
+    """Sends dead letters in transactions (``_submit``). A transaction refused while a
+    partition elects its leader (on a fresh broker, the coordinator's own) is aborted and
+    sent again by a new producer, which fences the old one: after a refusal the old one's
+    sequence numbers are out of step."""
+
+    def __init__(self, kafka: KafkaConnection, topics: Topics) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        producer = replayed.transactional_producer(self.kafka, self.topics.service)
+        await producer.start()
+        self.producer = producer
+        await replayed.fence(producer)
+
+    async def submit(self, letters: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            assert self.producer is not None
+            try:
+                await _submit(self.producer, self.topics, letters)
+                return
+            except NotLeaderForPartitionError as exc:
+                if attempt == SUBMIT_ATTEMPTS:
+                    raise
+                log.warning("dlq_replay_retry", attempt=attempt, error=str(exc))
+                await self.stop()
+                await asyncio.sleep(0.2 * attempt)
+                await self.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+
 async def replay(
     kafka: KafkaConnection,
     topics: Topics,
@@ -87,14 +126,13 @@ async def replay(
     partitions = await _partitions(kafka, topics.dlq)
     consumer = AIOKafkaConsumer(**kafka.kwargs(), group_id=None, enable_auto_commit=False)
     # A dry run writes nothing, so it takes no transactional id (it would fence a replay).
-    producer = None if dry_run else replayed.transactional_producer(kafka, topics.service)
+    submitter = None if dry_run else _Submitter(kafka, topics)
     await consumer.start()
     report = ReplayReport()
     try:
-        if producer is not None:
-            await producer.start()
+        if submitter is not None:
             await replayed.ensure_topic(kafka, topics.dlq_replayed, replication)
-            await replayed.fence(producer)
+            await submitter.start()
         done = await replayed.replayed_letters(kafka, topics.dlq_replayed)
         pending: list[ConsumerRecord[bytes, bytes]] = []
         tps = [
@@ -113,11 +151,11 @@ async def replay(
                 on_record(record)
             report.replayed.append((record.partition, record.offset))
             pending.append(record)
-            if len(pending) >= batch and producer is not None:
-                await _submit(producer, topics, pending)
+            if len(pending) >= batch and submitter is not None:
+                await submitter.submit(pending)
                 pending = []
-        if pending and producer is not None:
-            await _submit(producer, topics, pending)
+        if pending and submitter is not None:
+            await submitter.submit(pending)
         log.info(
             "dlq_replayed",
             scanned=report.scanned,
@@ -128,8 +166,8 @@ async def replay(
         return report
     finally:
         await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        if submitter is not None:
+            await submitter.stop()
 
 
 async def _partitions(kafka: KafkaConnection, dlq: str) -> list[int]:

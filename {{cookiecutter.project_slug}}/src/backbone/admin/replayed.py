@@ -9,6 +9,7 @@ fences any earlier one and aborts what a killed one left open before reading the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import msgspec
@@ -22,6 +23,7 @@ from backbone.topics import durability
 Letter = tuple[int, int]  # (DLQ partition, offset)
 
 CONFIG = {"cleanup.policy": "compact"}
+LEADER_TIMEOUT_S = 30.0
 
 
 class Replayed(msgspec.Struct, frozen=True):
@@ -64,8 +66,27 @@ async def ensure_topic(kafka: KafkaConnection, topic: str, replication: int) -> 
             new = NewTopic(topic, 1, factor, topic_configs={**CONFIG, **config})
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([new])
+        await _until_led(admin, topic)
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, topic: str) -> None:
+    """Until every partition of the new ``topic`` has a leader: a reader or a transaction
+    that reaches it before then is refused with NotLeaderForPartition."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LEADER_TIMEOUT_S
+    while True:
+        described = await admin.describe_topics([topic])
+        partitions = described[0].get("partitions") if described else None
+        if partitions and all(p["leader"] >= 0 for p in partitions):
+            return
+        if loop.time() > deadline:
+            raise RuntimeError(
+                f"topic {topic} has no partition leader after {LEADER_TIMEOUT_S:.0f} s: "
+                "check that the brokers are up, then run the replay again"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def replayed_letters(kafka: KafkaConnection, topic: str) -> set[Letter]:
