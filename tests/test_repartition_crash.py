@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from test_repartition import Ledger, cli, settled, stores, wait_matching
 
 from backbone.dev.cluster import NodeProcess, wait_until
-from backbone.repartition.faults import POINTS
+from backbone.repartition.faults import REPARTITION_POINTS
 
 from clustertools import Service, assignment, new_service
 from conftest import Bake
@@ -126,7 +126,7 @@ def test_a_kill_at_every_step_leaves_a_change_that_completes(
     generation, partitions = 0, 4
     try:
         wait_until(lambda: settled(nodes, 0, 4), 120, "the first generation to settle")
-        for round_number, point in enumerate(POINTS):
+        for round_number, point in enumerate(REPARTITION_POINTS):
             post_batch(ledger, nodes, 30)
             for node in nodes:
                 node.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-POINTS = (
+REPARTITION_POINTS = (
     "before_paused",
     "before_barrier",
     "before_drained",
@@ -14,8 +14,8 @@ POINTS = (
     "before_derived",
     "before_switched",
     "after_switch",
-    "dlq_replay_sent",
 )
+POINTS = (*REPARTITION_POINTS, "dlq_replay_sent")
 
 hook: Callable[[str], None] | None = None
 
