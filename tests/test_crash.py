@@ -18,6 +18,7 @@ from backbone.codec import AggregateCodec
 from backbone.dev.cluster import NodeProcess, wait_until
 
 from clustertools import (
+    Reference,
     Stored,
     make_stream,
     new_service,
@@ -38,6 +39,35 @@ def read_all(data_dir: Path) -> dict[bytes, bytes]:
     for p in range(PARTITIONS):
         values.update(read_store(data_dir, p))
     return values
+
+
+def equal_to_reference(data_dir: Path, reference: Reference) -> dict[bytes, bytes]:
+    """The stores under ``data_dir``, once checked against ``reference``."""
+    codec = AggregateCodec(Stored)
+    local = read_all(data_dir)
+    states = {key.decode(): codec.decode(value)[1] for key, value in local.items()}
+    got = {k: (s.lifetime_value_cents, s.order_count) for k, s in states.items()}
+    wrong = {k: (got.get(k), v) for k, v in reference.items() if got.get(k) != v}
+    assert not wrong, (
+        f"{len(wrong)} aggregates differ from the reference: {list(wrong.items())[:3]}"
+    )
+    return local
+
+
+def rebuilt_from_the_changelog(rebuilt: NodeProcess) -> dict[bytes, bytes]:
+    """The stores of a node started on an empty disk, once it restored every partition.
+    The stopped node before it is a static member: its partitions move after its session."""
+    rebuilt.start()
+    try:
+
+        def owns_everything() -> bool:
+            state = status(rebuilt)
+            return bool(state.get("ready")) and len(state.get("active", [])) == PARTITIONS
+
+        wait_until(owns_everything, 120, "the rebuilt node to restore every partition")
+    finally:
+        rebuilt.stop()
+    return read_all(rebuilt.data_dir)
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
@@ -86,27 +116,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     finally:
         current.stop()
 
-    codec = AggregateCodec(Stored)
-    local = read_all(current.data_dir)
-    states = {key.decode(): codec.decode(value)[1] for key, value in local.items()}
-    got = {k: (s.lifetime_value_cents, s.order_count) for k, s in states.items()}
-    wrong = {k: (got.get(k), v) for k, v in reference.items() if got.get(k) != v}
-    assert not wrong, (
-        f"{len(wrong)} aggregates differ from the reference: {list(wrong.items())[:3]}"
-    )
-
-    rebuilt = node("rebuilt").start()  # empty data dir: restores from the changelog
-    try:
-
-        def owns_everything() -> bool:
-            state = status(rebuilt)
-            return bool(state.get("ready")) and len(state.get("active", [])) == PARTITIONS
-
-        # The stopped victim is a static member: its partitions move after its session ends.
-        wait_until(owns_everything, 120, "the rebuilt node to restore every partition")
-    finally:
-        rebuilt.stop()
-    assert read_all(rebuilt.data_dir) == local
+    local = equal_to_reference(current.data_dir, reference)
+    assert rebuilt_from_the_changelog(node("rebuilt")) == local
 
 
 def test_sigkill_with_two_batches_in_flight_loses_nothing_and_doubles_nothing(
@@ -149,24 +160,6 @@ def test_sigkill_with_two_batches_in_flight_loses_nothing_and_doubles_nothing(
         wait_until(lambda: service.lag() == 0, 300, "every event")
     finally:
         last.stop()
-    codec = AggregateCodec(Stored)
-    local = read_all(last.data_dir)
-    got = {
-        k.decode(): (s.lifetime_value_cents, s.order_count)
-        for k, s in ((k, codec.decode(v)[1]) for k, v in local.items())
-    }
-    wrong = {k: (got.get(k), v) for k, v in reference.items() if got.get(k) != v}
-    assert not wrong, f"{len(wrong)} aggregates differ: {list(wrong.items())[:3]}"
-
+    local = equal_to_reference(last.data_dir, reference)
     rebuilt = NodeProcess("customer_backbone", "rebuilt", tmp_path, service.env)
-    rebuilt.start()
-    try:
-
-        def owns_everything() -> bool:
-            state = status(rebuilt)
-            return bool(state.get("ready")) and len(state.get("active", [])) == PARTITIONS
-
-        wait_until(owns_everything, 120, "the rebuilt node to restore every partition")
-    finally:
-        rebuilt.stop()
-    assert read_all(rebuilt.data_dir) == local
+    assert rebuilt_from_the_changelog(rebuilt) == local
