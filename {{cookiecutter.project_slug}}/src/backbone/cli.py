@@ -8,6 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+import uvloop
 from aiokafka import ConsumerRecord
 
 from backbone.admin import dlq, repartition
@@ -37,7 +38,8 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     asyncio.run(check_kafka(kafka_connection(settings)))
     tune_gc()
     engine = app.state.engine
-    asyncio.run(serve(app, internal_app(engine), settings, engine.hand_off))
+    # uvloop: its transports spend far less CPU per HTTP answer and Kafka request.
+    uvloop.run(serve(app, internal_app(engine), settings, engine.hand_off))
     return 0
 
 

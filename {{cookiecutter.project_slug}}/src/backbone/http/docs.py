@@ -23,6 +23,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from backbone.domain import Event, event_type_name
 from backbone.http.reads import BATCH_FORM, BatchRequest
+from backbone.node.reads import ACTIVE, CONSISTENCY
 
 SCHEMA_PATH = "/schema"
 _REF = "#/components/schemas/{name}"
@@ -52,23 +53,45 @@ def _body(document: dict[str, Any], path: str, description: str, schema: Any) ->
 _INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
 
 
-def _filters(document: dict[str, Any], path: str, filters: Mapping[str, str]) -> None:
+def _query(document: dict[str, Any], path: str, parameters: Sequence[dict[str, Any]]) -> None:
     operation = document.get("paths", {}).get(path, {}).get("get")
     if operation is None:
         return
-    parameters = operation.setdefault("parameters", [])
-    declared = {p.get("name") for p in parameters}
-    for name, kind in sorted(filters.items()):
-        if name not in declared:
-            parameters.append(
-                {
-                    "name": name,
-                    "in": "query",
-                    "required": False,
-                    "description": f"only rows whose {name} equals this",
-                    "schema": _INT64 if kind == "integer" else {"type": kind},
-                }
-            )
+    declared = operation.setdefault("parameters", [])
+    names = {p.get("name") for p in declared}
+    declared.extend(p for p in parameters if p["name"] not in names)
+
+
+def _filters(filters: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"only rows whose {name} equals this",
+            "schema": _INT64 if kind == "integer" else {"type": kind},
+        }
+        for name, kind in sorted(filters.items())
+    ]
+
+
+# The read's options, which its handler takes from the query string itself.
+_READ_OPTIONS = [
+    {
+        "name": "consistency",
+        "in": "query",
+        "required": False,
+        "description": "`active` reads the owner; `any` the nearest replica",
+        "schema": {"type": "string", "enum": list(CONSISTENCY), "default": ACTIVE},
+    },
+    {
+        "name": "position",
+        "in": "query",
+        "required": False,
+        "description": "a write's `position`: wait until it is applied",
+        "schema": {"type": "string"},
+    },
+]
 
 
 def describe_events(
@@ -95,7 +118,8 @@ def describe_events(
     schemas.update(batch_components)
     plural = post_path.split("/")[1]
     _body(document, f"/{plural}:batchGet", f"The ids to read: {BATCH_FORM}", batch)
-    _filters(document, f"/{plural}", filters or {})
+    _query(document, f"/{plural}", _filters(filters or {}))
+    _query(document, f"/{plural}/" + "{aggregate_id}", _READ_OPTIONS)
     return document
 
 

@@ -27,7 +27,6 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.response import Stream
-from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
@@ -38,15 +37,12 @@ from litestar.status_codes import (
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from backbone.http.reads import (
-    CONSISTENCY_PARAMETER,
-    POSITION_PARAMETER,
     RETRY,
     batch_request,
     batch_response,
-    read_options,
-    read_response,
+    checked_id,
+    read_answer,
 )
-from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.peer_watch import HEALTH_PATH, REJOIN_PATH, rejoin_from
 from backbone.node.queries import FORWARDED_HEADER
@@ -192,21 +188,10 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         )
 
     @get("/internal/aggregates/{aggregate_id:str}", guards=guard)
-    async def aggregate(
-        aggregate_id: Annotated[str, Parameter()],
-        scope: Scope,
-        consistency: Annotated[str, CONSISTENCY_PARAMETER] = "active",
-        position: Annotated[str | None, POSITION_PARAMETER] = None,
-    ) -> ASGIResponse:
+    async def aggregate(aggregate_id: Annotated[str, Parameter()], scope: Scope) -> ASGIApp:
         """A key from this node's replica (forwarded here by a peer, or asked by an
-        operator): it is not forwarded further."""
-        try:
-            check_raw_path(scope.get("raw_path"))
-            check_id(aggregate_id)
-        except InvalidIdError as exc:
-            raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
-        level, token = read_options(consistency, position)
-        return await read_response(engine, aggregate_id, level, token, forward=False)
+        operator): it is not forwarded further. Query options as the public read's."""
+        return await read_answer(engine, checked_id(aggregate_id, scope), scope, forward=False)
 
     @post("/internal/aggregates:batchGet", guards=guard, status_code=HTTP_200_OK)
     async def batch_get(request: Request[Any, Any, Any]) -> Response[bytes]:

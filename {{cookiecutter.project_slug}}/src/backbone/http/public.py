@@ -10,7 +10,6 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import Parameter
-from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -18,21 +17,21 @@ from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from litestar.types import ASGIApp, Scope
 
 from backbone.codec import DecodeError
 from backbone.domain import event_type_name
 from backbone.http.admin_auth import admin_guard
 from backbone.http.reads import (
-    CONSISTENCY_PARAMETER,
     POSITION_HEADER,
-    POSITION_PARAMETER,
     RETRY,
     batch_request,
     batch_response,
-    read_options,
-    read_response,
+    checked_id,
+    read_answer,
 )
-from backbone.ids import ID_RULE, InvalidIdError, check_id, check_raw_path
+from backbone.http.reply import JsonReply
+from backbone.ids import ID_RULE
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER
 from backbone.readmodel import Projector, QueryError, ReadModel
@@ -44,15 +43,6 @@ EVENTS_PATH = "/{aggregate_id:str}/events"
 def events_path_format(plural: str) -> str:
     """The OpenAPI path of the events route, e.g. ``/customers/{aggregate_id}/events``."""
     return "/" + plural + EVENTS_PATH.replace(":str", "")
-
-
-def valid_id(aggregate_id: str, request: Request[Any, Any, Any]) -> str:
-    """The id of the path if it follows :data:`backbone.ids.ID_RULE`, else a 400 stating it."""
-    try:
-        check_raw_path(request.scope.get("raw_path"))
-        return check_id(aggregate_id)
-    except InvalidIdError as exc:
-        raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
 
 
 def slash_in_id_handler(
@@ -95,12 +85,12 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
     async def submit_event(
         aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
-        request: Request[Any, Any, Any],
-    ) -> ASGIResponse:
+        scope: Scope,
+        body: bytes,
+    ) -> ASGIApp:
         """Submit one event for the aggregate; it is applied asynchronously (202). The
         answer's ``position`` makes a later GET read this write (read-your-writes)."""
-        valid_id(aggregate_id, request)
-        body = await request.body()
+        checked_id(aggregate_id, scope)
         try:
             event = engine.applier.events.decode(body)
         except DecodeError as exc:
@@ -127,29 +117,18 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
             "offset": position.offset,
             "position": token,
         }
-        return ASGIResponse(  # sent as it is: no Response conversion on the write path
-            body=msgspec.json.encode(accepted),
-            status_code=HTTP_202_ACCEPTED,
-            media_type="application/json",
-            headers={POSITION_HEADER: token},
-        )
+        return JsonReply(HTTP_202_ACCEPTED, msgspec.json.encode(accepted), {POSITION_HEADER: token})
 
     @get("/{aggregate_id:str}")
     async def get_aggregate(
-        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
-        request: Request[Any, Any, Any],
-        consistency: Annotated[str, CONSISTENCY_PARAMETER] = "active",
-        position: Annotated[str | None, POSITION_PARAMETER] = None,
-    ) -> ASGIResponse:
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)], scope: Scope
+    ) -> ASGIApp:
         """The aggregate's current state. ``consistency=active`` (the default) reads the
         owner; ``any`` the nearest replica, this node's standby first. With the
         ``position`` a POST answered, waits until the replica has applied that write
         (read-your-writes), else 504. Headers say who answered: ``x-backbone-served-by``,
         ``-role``, ``-partition``, ``-generation``, ``-offset`` and, for a standby, ``-lag``."""
-        valid_id(aggregate_id, request)
-        level, token = read_options(consistency, position)
-        forward = not request.headers.get(FORWARDED_HEADER)  # one hop only
-        return await read_response(engine, aggregate_id, level, token, forward)
+        return await read_answer(engine, checked_id(aggregate_id, scope), scope, forward=True)
 
     @post(f"/{plural}:batchGet", status_code=HTTP_200_OK)
     async def batch_get(request: Request[Any, Any, Any]) -> Response[bytes]:

@@ -5,29 +5,29 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.exceptions import HTTPException
-from litestar.params import Parameter
-from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_503_SERVICE_UNAVAILABLE,
     HTTP_504_GATEWAY_TIMEOUT,
 )
+from litestar.types import Scope
 
-from backbone.ids import InvalidIdError, check_id
+from backbone.http.reply import JsonReply
+from backbone.ids import InvalidIdError, check_id, check_raw_path
 from backbone.node.engine import Engine
 from backbone.node.positions import Position
-from backbone.node.queries import BatchReply
-from backbone.node.reads import CONSISTENCY, NotReachedError, UnavailableError
+from backbone.node.queries import FORWARDED_HEADER, BatchReply
+from backbone.node.reads import ACTIVE, CONSISTENCY, NotReachedError, UnavailableError
 from backbone.repartition.gate import RETRY_AFTER_S
 
 # A 503 of the aggregate routes is brief (a rebalance, a paused write): say when to retry.
 RETRY = {"retry-after": str(RETRY_AFTER_S)}
 POSITION_HEADER = "x-backbone-position"
-CONSISTENCY_PARAMETER = Parameter(description="`active` reads the owner; `any` the nearest replica")
-POSITION_PARAMETER = Parameter(description="a write's `position`: wait until it is applied")
+_FORWARDED = FORWARDED_HEADER.encode()
 BATCH_FORM = '{"ids": ["<id>", ...], "consistency": "active" or "any"}'
 
 
@@ -48,17 +48,39 @@ def read_options(consistency: str, position: str | None) -> tuple[str, Position 
         raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
 
 
-async def read_response(
-    engine: Engine[Any],
-    aggregate_id: str,
-    consistency: str,
-    position: Position | None,
-    forward: bool,
-) -> ASGIResponse:
+def checked_id(aggregate_id: str, scope: Scope) -> str:
+    """The id of the path if it follows :data:`backbone.ids.ID_RULE`, else a 400 stating it."""
+    try:
+        check_raw_path(scope.get("raw_path"))
+        return check_id(aggregate_id)
+    except InvalidIdError as exc:
+        raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+
+
+def read_query(scope: Scope) -> tuple[str, Position | None, bool]:
+    """A read's consistency, position and whether a peer forwarded it, from its raw scope
+    (not declared as parameters: Litestar's parsing of them cost a tenth of a read)."""
+    consistency, position = ACTIVE, None
+    if query := scope["query_string"]:
+        options = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        consistency = options.get("consistency", ACTIVE)
+        position = options.get("position")
+    forwarded = any(name == _FORWARDED for name, _ in scope["headers"])
+    return (*read_options(consistency, position), forwarded)
+
+
+async def read_answer(
+    engine: Engine[Any], aggregate_id: str, scope: Scope, *, forward: bool
+) -> JsonReply:
+    """The read of one aggregate that ``scope`` asks for; an HTTPException (400, 503,
+    504) as the routes answer it."""
+    consistency, position, forwarded = read_query(scope)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + engine.settings.read_your_writes_timeout_ms / 1000
     try:
-        answer = await engine.queries.read(aggregate_id, consistency, position, deadline, forward)
+        answer = await engine.queries.read(
+            aggregate_id, consistency, position, deadline, forward and not forwarded
+        )
     except ValueError as exc:
         raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
     except UnavailableError as exc:
@@ -67,13 +89,7 @@ async def read_response(
         ) from exc
     except NotReachedError as exc:
         raise HTTPException(status_code=HTTP_504_GATEWAY_TIMEOUT, detail=str(exc)) from exc
-    # An ASGIResponse is sent as it is: Litestar's Response conversion cost ~10% of a read.
-    return ASGIResponse(
-        body=answer.body,
-        status_code=answer.status,
-        media_type="application/json",
-        headers=answer.headers,
-    )
+    return JsonReply(answer.status, answer.body, answer.headers)
 
 
 def batch_request(engine: Engine[Any], body: bytes) -> BatchRequest:
