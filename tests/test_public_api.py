@@ -161,3 +161,30 @@ def test_records_from_kafka_whose_key_breaks_the_rule_are_dead_lettered() -> Non
         assert all(ID_RULE in letter.error for letter in driver.dead_letters[:4])
         state = driver.get("t-1")
         assert state is not None and state.name == "Ada"
+
+
+def test_the_openapi_document_lists_the_read_options_its_handler_parses(
+    client: TestClient[Any],
+) -> None:
+    operation = client.get("/schema/openapi.json").json()["paths"]["/things/{aggregate_id}"]
+    parameters = {p["name"]: p for p in operation["get"]["parameters"]}
+    assert set(parameters) == {"aggregate_id", "consistency", "position"}
+    assert parameters["aggregate_id"]["in"] == "path"
+    assert parameters["consistency"]["schema"]["enum"] == ["active", "any"]
+    assert parameters["position"]["in"] == "query"
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("consistency=all", "consistency must be one of active, any, not 'all'"),
+        ("position=nonsense", "position"),
+        ("consistency=any&position=0.x.1", "position"),
+    ],
+)
+def test_a_read_with_a_bad_option_answers_400_saying_what(
+    client: TestClient[Any], query: str, said: str
+) -> None:
+    got = client.get(f"/things/t-1?{query}")
+    assert got.status_code == 400, got.text
+    assert said in got.json()["detail"]
