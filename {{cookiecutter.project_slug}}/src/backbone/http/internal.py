@@ -245,7 +245,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         return {"suspects": [] if parts is None else parts.watch.suspects()}
 
     @post(REJOIN_PATH, guards=guard, status_code=HTTP_200_OK)
-    async def rejoin(generation: int) -> dict[str, bool]:
+    async def rejoin(generation: Annotated[int, Parameter()]) -> dict[str, bool]:
         """A peer left group generation ``generation``, or was removed: join again now."""
         parts = engine.parts
         return {"rejoining": parts is not None and rejoin_from(parts.clients.consumer, generation)}

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import Parameter
+from litestar.params import Parameter, RawBody
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -86,7 +86,7 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
     async def submit_event(
         aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
         scope: Scope,
-        body: bytes,
+        body: RawBody,
     ) -> ASGIApp:
         """Submit one event for the aggregate; it is applied asynchronously (202). The
         answer's ``position`` makes a later GET read this write (read-your-writes)."""
