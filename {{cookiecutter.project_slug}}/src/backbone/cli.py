@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import uvloop
 from aiokafka import ConsumerRecord
 
+from backbone import kafka_records
 from backbone.admin import dlq, repartition
 from backbone.admin.bootstrap import bootstrap_offline
 from backbone.admin.loss import AdminError, accept_loss
@@ -37,6 +38,7 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     # would retry them.
     asyncio.run(check_kafka(kafka_connection(settings)))
     tune_gc()
+    kafka_records.install()
     engine = app.state.engine
     # uvloop: its transports spend far less CPU per HTTP answer and Kafka request.
     uvloop.run(serve(app, internal_app(engine), settings, engine.hand_off))

@@ -50,16 +50,16 @@ A = TypeVar("A", bound=msgspec.Struct)
 E = TypeVar("E", bound=Event)
 
 
-@dataclass(slots=True)
-class Context:
+class Context(msgspec.Struct):
     """What a handler may know and do besides folding the event."""
 
+    # A Struct, not a dataclass: one is made per event, and its __init__ runs in C.
     aggregate_id: str
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
-    emitted: list[Event] = field(default_factory=list)
+    emitted: list[Event] = []  # a new list per Context
 
     def emit(self, event: Event) -> None:
         """Publish ``event`` to the service's output topic once this event is applied."""

@@ -32,12 +32,12 @@ def _existing(state: State | None, ctx: Context) -> State:
     return state
 
 
-def _with_tier(before: State, after: State, ctx: Context) -> State:
-    tier = tier_for(after.lifetime_value_cents)
-    if tier != before.tier:
-        ctx.emit(TierChanged(previous=before.tier, tier=tier))
-        after = replace(after, tier=tier)
-    return replace(after, version=after.version + 1)
+def _tier(current: State, lifetime_value_cents: int, ctx: Context) -> str:
+    """The tier for a new lifetime value; a change of tier is announced (``TierChanged``)."""
+    tier = tier_for(lifetime_value_cents)
+    if tier != current.tier:
+        ctx.emit(TierChanged(previous=current.tier, tier=tier))
+    return tier
 
 
 @handlers.on(CustomerRegistered)
@@ -61,12 +61,14 @@ def profile_updated(state: State | None, event: ProfileUpdated, ctx: Context) ->
 @handlers.on(OrderPlaced)
 def order_placed(state: State | None, event: OrderPlaced, ctx: Context) -> State:
     current = _existing(state, ctx)
-    after = replace(
+    value = current.lifetime_value_cents + event.amount_cents
+    return replace(
         current,
-        lifetime_value_cents=current.lifetime_value_cents + event.amount_cents,
+        lifetime_value_cents=value,
         order_count=current.order_count + 1,
+        tier=_tier(current, value, ctx),
+        version=current.version + 1,
     )
-    return _with_tier(current, after, ctx)
 
 
 @handlers.on(OrderRefunded)
@@ -77,12 +79,14 @@ def order_refunded(state: State | None, event: OrderRefunded, ctx: Context) -> S
             f"refund of {event.amount_cents} cents exceeds lifetime value "
             f"{current.lifetime_value_cents} of {ctx.aggregate_id!r}"
         )
-    after = replace(
+    value = current.lifetime_value_cents - event.amount_cents
+    return replace(
         current,
-        lifetime_value_cents=current.lifetime_value_cents - event.amount_cents,
+        lifetime_value_cents=value,
         refunded_cents=current.refunded_cents + event.amount_cents,
+        tier=_tier(current, value, ctx),
+        version=current.version + 1,
     )
-    return _with_tier(current, after, ctx)
 
 
 @handlers.on(LoyaltyPointsEarned)
