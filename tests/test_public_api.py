@@ -12,6 +12,7 @@ from litestar.testing import TestClient
 from test_codec_strict import DOMAIN
 
 from backbone import Service
+from backbone.http.hot_routes import HotRoutes
 from backbone.http.internal import internal_app
 from backbone.ids import (
     ID_RULE,
@@ -59,8 +60,9 @@ def settings(tmp_path: Path) -> EngineSettings:
     return EngineSettings(service="things", store="thing", data_dir=tmp_path, internal_token=TOKEN)
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient[Any]]:
+@pytest.fixture(params=["litestar", "hot_routes"])
+def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient[Any]]:
+    """The app as Litestar serves it, and behind the hot routes (as ``run`` serves it)."""
     service = Service(
         name="things",
         title="Thing Service",
@@ -70,8 +72,11 @@ def client(tmp_path: Path) -> Iterator[TestClient[Any]]:
         standby_replicas=0,
         version="1.2.3",
     )
+    app: Any = service.app(settings(tmp_path))
+    if request.param == "hot_routes":
+        app = HotRoutes(app, app.state.engine, "things", settings(tmp_path).max_body_bytes)
     # No ``with``: the lifespan (which would start the engine on Kafka) does not run.
-    yield TestClient(service.app(settings(tmp_path)))
+    yield TestClient(app)
 
 
 BAD_PATHS = [

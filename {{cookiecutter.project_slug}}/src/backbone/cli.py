@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 
 def _run(service: Service[Any], _: argparse.Namespace) -> int:
+    from backbone.http.hot_routes import HotRoutes
     from backbone.http.internal import internal_app
     from backbone.http.serve import serve
+    from backbone.observability import tracing_on
 
     settings = service.settings()
     app = service.app(settings)
@@ -40,8 +42,11 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     tune_gc()
     kafka_records.install()
     engine = app.state.engine
+    # A traced node keeps Litestar's path: its OpenTelemetry middleware makes the spans.
+    limit = settings.max_body_bytes
+    public = app if tracing_on() else HotRoutes(app, engine, service.plural, limit)
     # uvloop: its transports spend far less CPU per HTTP answer and Kafka request.
-    uvloop.run(serve(app, internal_app(engine), settings, engine.hand_off))
+    uvloop.run(serve(public, internal_app(engine), settings, engine.hand_off))
     return 0
 
 

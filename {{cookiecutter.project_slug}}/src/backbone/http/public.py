@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -78,21 +78,20 @@ def slash_in_id_handler(
     return handle
 
 
-def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
-    """``POST /<plural>/{id}/events``, ``GET /<plural>/{id}`` and ``POST /<plural>:batchGet``."""
-    handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
+Submit = Callable[[str, bytes, Scope], Awaitable[JsonReply]]
 
-    @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
-    async def submit_event(
-        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
-        scope: Scope,
-        body: RawBody,
-    ) -> ASGIApp:
-        """Submit one event for the aggregate; it is applied asynchronously (202). The
-        answer's ``position`` makes a later GET read this write (read-your-writes)."""
+
+def event_submitter(engine: Engine[Any]) -> Submit:
+    """What ``POST /<plural>/{id}/events`` answers (202 with the event's position), from the
+    path's id, the body and the scope; an HTTPException (400, 422, 503) as the route answers
+    it. Shared by the Litestar route and :mod:`backbone.http.hot_routes`."""
+    handled = {event_type_name(t) for t in engine.domain.handlers.event_types}
+    decode = engine.applier.events.decode
+
+    async def submit(aggregate_id: str, body: bytes, scope: Scope) -> JsonReply:
         checked_id(aggregate_id, scope)
         try:
-            event = engine.applier.events.decode(body)
+            event = decode(body)
         except DecodeError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         name = event_type_name(type(event))
@@ -118,6 +117,23 @@ def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
             "position": token,
         }
         return JsonReply(HTTP_202_ACCEPTED, msgspec.json.encode(accepted), {POSITION_HEADER: token})
+
+    return submit
+
+
+def aggregate_routes(engine: Engine[Any], plural: str) -> list[Router]:
+    """``POST /<plural>/{id}/events``, ``GET /<plural>/{id}`` and ``POST /<plural>:batchGet``."""
+    submit = event_submitter(engine)
+
+    @post(EVENTS_PATH, status_code=HTTP_202_ACCEPTED)
+    async def submit_event(
+        aggregate_id: Annotated[str, Parameter(description=ID_RULE)],
+        scope: Scope,
+        body: RawBody,
+    ) -> ASGIApp:
+        """Submit one event for the aggregate; it is applied asynchronously (202). The
+        answer's ``position`` makes a later GET read this write (read-your-writes)."""
+        return await submit(aggregate_id, body, scope)
 
     @get("/{aggregate_id:str}")
     async def get_aggregate(
