@@ -369,10 +369,13 @@ def metrics_line(data: MetricsData) -> str:
     )
 
 
+_tracing = False  # set once by configure_tracing: OpenTelemetry's provider is set only once
+
+
 def tracing_on() -> bool:
     """Whether traces are exported (``configure_tracing`` set the SDK's provider): hot paths
     skip even the no-op spans and the context propagation otherwise."""
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+    return _tracing
 
 
 def configure_tracing(service: str, exporter: str, node_id: str) -> TracerProvider | None:
@@ -396,6 +399,8 @@ def configure_tracing(service: str, exporter: str, node_id: str) -> TracerProvid
         metric_exporter = OTLPMetricExporter()
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
+    global _tracing
+    _tracing = isinstance(trace.get_tracer_provider(), TracerProvider)
     reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=30_000)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     return provider
