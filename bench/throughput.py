@@ -8,6 +8,11 @@ rate: from the start of its first batch to the end of its last (``applied`` in
 threads). A sample of aggregates is checked against a reference computed here from the
 events. Prints one JSON line.
 
+``--nodes N`` runs N nodes on this machine, as one machine's worth of them would run: one
+``NODE_HOST``, so the assignor treats them as one machine, and the partitions split between
+them. The rate is then from the first batch of any node to the last of any, and
+``cpu_us_per_event`` sums their CPU; ``peak_rss_mb`` is the largest node's.
+
 ``--read-model on`` runs the node's SQL read model (SQLite under DATA_DIR, the service's
 default) too: the clock then stops when the read model has caught up as well (its lag in
 ``/health/ready`` is 0), and its table is checked to hold one row per key.
@@ -137,7 +142,9 @@ def check_sample(url: str, reference: Reference, size: int = 500) -> int:
     sample = random.Random(11).sample(sorted(reference), min(size, len(reference)))
     with httpx.Client(timeout=10) as client:
         for key in sample:
-            body = client.get(f"{url}/customers/{key}").json()
+            answer = client.get(f"{url}/customers/{key}")
+            assert answer.status_code == 200, f"{key}: {answer.status_code} {answer.text}"
+            body = answer.json()
             got = (body["lifetime_value_cents"], body["order_count"], body["loyalty_points"])
             assert got == reference[key], f"{key}: {got}, expected {reference[key]}"
     return len(sample)
@@ -153,8 +160,16 @@ def main() -> int:
         default="off",
         help="run the SQL read model (SQLite) and wait for it to catch up (default off)",
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes on this machine, sharing one NODE_HOST (default 1: one service process)",
+    )
     args = parser.parse_args()
     read_model = args.read_model == "on"
+    if args.nodes < 1 or (args.nodes > 1 and read_model):
+        parser.error("--nodes must be 1 or more, and 1 with --read-model on")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         work = Path(tmp)
         project = bake(work)
@@ -170,24 +185,24 @@ def main() -> int:
             )
             raw, raw_s, raw_cpu = asyncio.run(raw_consume(kafka.brokers, f"{SERVICE}.events"))
             assert raw == args.events, f"the bare consumer read {raw} events"
-            node = NodeProcess(
-                "customer_backbone",
-                "bench",
-                work,
-                {
-                    "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
-                    "SERVICE_NAME": SERVICE,
-                    "PARTITIONS": str(PARTITIONS),
-                    "PYTHONPATH": str(project / "src"),
-                    "LOG_LEVEL": "warning",
-                    "READ_MODEL": args.read_model,
-                    "MAX_BATCH_RECORDS": os.environ.get("MAX_BATCH_RECORDS", "100000"),
-                },
-            )
-            node.start()
+            env = {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka.brokers,
+                "SERVICE_NAME": SERVICE,
+                "PARTITIONS": str(PARTITIONS),
+                "PYTHONPATH": str(project / "src"),
+                "LOG_LEVEL": "warning",
+                "READ_MODEL": args.read_model,
+                "MAX_BATCH_RECORDS": os.environ.get("MAX_BATCH_RECORDS", "100000"),
+            }
+            if args.nodes > 1:  # reads of the sample are forwarded between them
+                env.update(NODE_HOST="bench-machine", INTERNAL_TOKEN="bench-internal-token")
+            names = ["bench"] if args.nodes == 1 else [f"bench-{i}" for i in range(args.nodes)]
+            nodes = [NodeProcess("customer_backbone", name, work, env) for name in names]
+            for node in nodes:
+                node.start()
             try:
 
-                def ready() -> dict[str, Any]:
+                def ready(node: NodeProcess) -> dict[str, Any]:
                     try:
                         body: dict[str, Any] = httpx.get(
                             f"{node.url}/health/ready", timeout=5
@@ -197,27 +212,31 @@ def main() -> int:
                     return body
 
                 def processed() -> int:
-                    body = ready()
-                    return int(body.get("processed", 0)) + int(body.get("dead_letters", 0))
+                    bodies = [ready(node) for node in nodes]
+                    return sum(
+                        int(b.get("processed", 0)) + int(b.get("dead_letters", 0)) for b in bodies
+                    )
 
                 def caught_up() -> bool:
-                    section = ready().get("read_model")
+                    section = ready(nodes[0]).get("read_model")
                     return isinstance(section, dict) and section.get("lag") == 0
 
                 wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.05)
-                applied = ready()["applied"]
-                seconds = applied["last_at"] - applied["first_at"]
-                first = time.monotonic() - (time.time() - applied["first_at"])
-                checked = check_sample(node.url, reference)
+                applied = [ready(node)["applied"] for node in nodes]
+                started_at = min(a["first_at"] for a in applied if a["first_at"])
+                seconds = max(a["last_at"] for a in applied if a["last_at"]) - started_at
+                cpu_s = sum(a["cpu_s"] for a in applied)
+                first = time.monotonic() - (time.time() - started_at)
+                checked = check_sample(nodes[0].url, reference)
                 extra: dict[str, object] = {}
                 if read_model:
                     wait_until(caught_up, 1800, "the read model's lag at 0", every=0.02)
                     with_read_model = time.monotonic() - first
-                    db = sqlite3.connect(node.data_dir / "readmodel.db")
+                    db = sqlite3.connect(nodes[0].data_dir / "readmodel.db")
                     rows = db.execute("SELECT count(*) FROM customers").fetchone()[0]
                     db.close()
                     assert rows == args.keys, f"{rows} rows in the read model, not {args.keys}"
-                    written = ready().get("read_model", {}).get("rows_written")
+                    written = ready(nodes[0]).get("read_model", {}).get("rows_written")
                     extra = {
                         "read_model": "on",
                         "read_model_rows_written": written,
@@ -225,22 +244,23 @@ def main() -> int:
                         "read_model_caught_up_s": round(with_read_model, 2),
                         "events_per_s_read_model_caught_up": round(args.events / with_read_model),
                     }
-                assert node.proc is not None
-                rss = peak_rss_mb(node.proc.pid)
+                rss = max(peak_rss_mb(node.proc.pid) for node in nodes if node.proc is not None)
             finally:
-                node.stop()
+                for node in nodes:
+                    node.stop()
             changelog = asyncio.run(changelog_records(kafka.brokers))
     rate = args.events / seconds
     raw_rate = raw / raw_s
     result = {
         "events": args.events,
+        "nodes": args.nodes,
         "keys": args.keys,
         "partitions": PARTITIONS,
         "seconds": round(seconds, 2),
         "events_per_s": round(rate),
         "raw_consumer_events_per_s": round(raw_rate),
         "ratio_to_raw": round(rate / raw_rate, 3),
-        "cpu_us_per_event": round(applied["cpu_s"] / args.events * 1e6, 2),
+        "cpu_us_per_event": round(cpu_s / args.events * 1e6, 2),
         "raw_consumer_cpu_us_per_event": round(raw_cpu / raw * 1e6, 2),
         "changelog_records": changelog,
         "sample_checked": checked,
