@@ -8,27 +8,18 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
-from test_codec_strict import DOMAIN
+from test_public_api import SERVICE
 
-from backbone import Service
 from backbone.settings import EngineSettings, SettingsError
 
 ADMIN_TOKEN = "4dm1n-s3cret"
 
 
 def client(tmp_path: Path, admin_token: str) -> TestClient[Any]:
-    service = Service(
-        name="things",
-        title="Thing Service",
-        domain=DOMAIN,
-        plural="things",
-        partitions=1,
-        standby_replicas=0,
-    )
     settings = EngineSettings(
         service="things", store="thing", data_dir=tmp_path, admin_token=admin_token
     )
-    return TestClient(service.app(settings))
+    return TestClient(SERVICE.app(settings))
 
 
 def test_without_admin_token_the_admin_routes_are_closed_and_say_how_to_open_them(

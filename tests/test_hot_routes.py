@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
-from test_codec_strict import DOMAIN
+from test_public_api import SERVICE, settings
 
-from backbone import Service
 from backbone.http import hot_routes
 from backbone.http.hot_routes import HotRoutes
-from backbone.settings import EngineSettings
 
 NAMED = {"type": "named", "name": "Bob"}
 
@@ -36,22 +34,12 @@ class Seen:
 
 @pytest.fixture
 def litestar(tmp_path: Path) -> Seen:
-    settings = EngineSettings(service="things", store="thing", data_dir=tmp_path)
-    service = Service(
-        name="things",
-        title="Things",
-        domain=DOMAIN,
-        plural="things",
-        partitions=1,
-        standby_replicas=0,
-    )
-    return Seen(service.app(settings))
+    return Seen(SERVICE.app(settings(tmp_path)))
 
 
 @pytest.fixture
 def client(litestar: Seen) -> Iterator[TestClient[Any]]:
-    engine = litestar.app.state.engine
-    yield TestClient(HotRoutes(litestar, engine, "things", engine.settings.max_body_bytes))  # type: ignore[arg-type]
+    yield TestClient(HotRoutes(litestar, litestar.app.state.engine, "things"))  # type: ignore[arg-type]
 
 
 def test_the_hot_routes_answer_without_litestar(client: TestClient[Any], litestar: Seen) -> None:

@@ -60,21 +60,23 @@ def settings(tmp_path: Path) -> EngineSettings:
     return EngineSettings(service="things", store="thing", data_dir=tmp_path, internal_token=TOKEN)
 
 
+SERVICE = Service(
+    name="things",
+    title="Thing Service",
+    domain=DOMAIN,
+    plural="things",
+    partitions=1,
+    standby_replicas=0,
+    version="1.2.3",
+)
+
+
 @pytest.fixture(params=["litestar", "hot_routes"])
 def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient[Any]]:
     """The app as Litestar serves it, and behind the hot routes (as ``run`` serves it)."""
-    service = Service(
-        name="things",
-        title="Thing Service",
-        domain=DOMAIN,
-        plural="things",
-        partitions=1,
-        standby_replicas=0,
-        version="1.2.3",
-    )
-    app: Any = service.app(settings(tmp_path))
+    app: Any = SERVICE.app(settings(tmp_path))
     if request.param == "hot_routes":
-        app = HotRoutes(app, app.state.engine, "things", settings(tmp_path).max_body_bytes)
+        app = HotRoutes(app, app.state.engine, "things")
     # No ``with``: the lifespan (which would start the engine on Kafka) does not run.
     yield TestClient(app)
 

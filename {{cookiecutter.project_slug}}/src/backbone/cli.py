@@ -43,8 +43,7 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     kafka_records.install()
     engine = app.state.engine
     # A traced node keeps Litestar's path: its OpenTelemetry middleware makes the spans.
-    limit = settings.max_body_bytes
-    public = app if tracing_on() else HotRoutes(app, engine, service.plural, limit)
+    public = app if tracing_on() else HotRoutes(app, engine, service.plural)
     # uvloop: its transports spend far less CPU per HTTP answer and Kafka request.
     uvloop.run(serve(public, internal_app(engine), settings, engine.hand_off))
     return 0

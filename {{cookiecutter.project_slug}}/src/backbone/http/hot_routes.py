@@ -34,11 +34,11 @@ _CONTENT_LENGTH = b"content-length"
 class HotRoutes:
     """An ASGI app: the hot routes of ``plural`` itself, anything else by ``app``."""
 
-    def __init__(self, app: ASGIApp, engine: Engine[Any], plural: str, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine[Any], plural: str) -> None:
         self.app = app
         self.engine = engine
         self.prefix = f"/{plural}/"
-        self.max_body = max_body
+        self.max_body = engine.settings.max_body_bytes  # Litestar's request_max_body_size
         self.submit = event_submitter(engine)
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
@@ -78,11 +78,15 @@ class HotRoutes:
             log.exception("request_failed", method=scope["method"], path=scope["path"])
             answer = _error(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", {})
 
+        if answer.status < 400:
+            await answer(scope, receive, send)
+            return
+
         async def logged(message: Any) -> None:
             await log_refusals(message, scope)
             await send(message)
 
-        await answer(scope, receive, logged if answer.status >= 400 else send)
+        await answer(scope, receive, logged)
 
 
 def _error(status: int, detail: str, headers: dict[str, str]) -> JsonReply:
