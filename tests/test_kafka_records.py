@@ -5,11 +5,13 @@ positions, for any mix of batches, compression, headers, transactions and fetch 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import aiokafka
 import pytest
+from aiokafka import ConsumerRecord
 from aiokafka.consumer.fetcher import (
     READ_COMMITTED,
     READ_UNCOMMITTED,
@@ -121,7 +123,14 @@ def test_the_same_records_chunks_and_positions_as_aiokafka(
         got = _chunks(blob, fetch_offset, max_records, isolation, list(aborted))
     finally:
         kafka_records.uninstall()
-    assert got == expected
+    assert _fields(got) == _fields(expected)
+    assert all(type(r) is kafka_records.FetchedRecord for chunk, _ in got for r in chunk)
+
+
+def _fields(chunks: list[tuple[list[Any], int]]) -> list[tuple[list[tuple[Any, ...]], int]]:
+    """The chunks with each record as the tuple of ``ConsumerRecord``'s fields."""
+    names = [f.name for f in dataclasses.fields(ConsumerRecord)]
+    return [([tuple(getattr(r, n) for n in names) for r in chunk], at) for chunk, at in chunks]
 
 
 def test_a_corrupt_batch_is_refused(own_path: None) -> None:

@@ -53,17 +53,18 @@ E = TypeVar("E", bound=Event)
 class Context(msgspec.Struct):
     """What a handler may know and do besides folding the event."""
 
-    # A Struct, not a dataclass: one is made per event, and its __init__ runs in C.
+    # A Struct, not a dataclass: one is made per event, and its __init__ runs in C. Few
+    # handlers emit, so ``emitted`` starts as the shared empty tuple, not a new list.
     aggregate_id: str
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
-    emitted: list[Event] = []  # a new list per Context
+    emitted: tuple[Event, ...] = ()
 
     def emit(self, event: Event) -> None:
         """Publish ``event`` to the service's output topic once this event is applied."""
-        self.emitted.append(event)
+        self.emitted = (*self.emitted, event)
 
 
 Handler = Callable[[A | None, E, Context], A]

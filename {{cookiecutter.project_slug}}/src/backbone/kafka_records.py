@@ -3,10 +3,15 @@
 aiokafka 0.14 builds each ``ConsumerRecord`` through a generator, a method call per
 record, and ``PartitionRecords.__next__`` called once per record by ``FetchResult.getall``:
 about 0.8 µs per record, a sixth of this engine's CPU per event. ``install`` swaps those
-two for versions that build the same records with the per-batch work hoisted out of the
-loop, and take a fetch result's records in one C-level slice (about 0.56 µs per record).
-Everything else (CRC checks, transactions, control batches, positions) is kept as it was;
-``tests/test_kafka_records.py`` compares both paths record for record.
+two for versions that hoist the per-batch work out of the loop and take a fetch result's
+records in one C-level slice.
+
+The records handed over are ``FetchedRecord``s: the fields of ``ConsumerRecord``, under the
+same names, in a ``msgspec.Struct`` that its C code builds (0.25 µs, where the dataclass's
+Python ``__init__`` took 0.5 µs) and that the garbage collector does not track, since it
+holds only scalars and a tuple of headers. Everything else (CRC checks, transactions,
+control batches, positions) is kept as it was; ``tests/test_kafka_records.py`` compares
+both paths record for record.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from itertools import islice
 from typing import Any
 
 import aiokafka
+import msgspec
 import structlog
-from aiokafka import ConsumerRecord
 from aiokafka.consumer import fetcher
 from aiokafka.consumer.fetcher import READ_COMMITTED
 from aiokafka.errors import CorruptRecordException
@@ -28,13 +33,29 @@ WRITTEN_FOR = "0.14.0"
 _ORIGINAL = (fetcher.PartitionRecords._unpack_records, fetcher.FetchResult.getall)
 
 
-def _unpack_records(self: Any) -> Iterator[ConsumerRecord[Any, Any]]:
+class FetchedRecord(msgspec.Struct, frozen=True, gc=False):
+    """A fetched record: what ``aiokafka.ConsumerRecord`` holds, under the same names."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: Any
+    value: Any
+    checksum: int | None
+    serialized_key_size: int
+    serialized_value_size: int
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def _unpack_records(self: Any) -> Iterator[FetchedRecord]:
     tp = self._tp
     topic, partition = tp.topic, tp.partition
     records = self._records
     key_deserializer = self._key_deserializer
     value_deserializer = self._value_deserializer
-    record_type = ConsumerRecord
+    record_type = FetchedRecord
     while records.has_next():
         batch = records.next_batch()
         if self._check_crcs and not batch.validate_crc():
@@ -73,7 +94,7 @@ def _unpack_records(self: Any) -> Iterator[ConsumerRecord[Any, Any]]:
         self.next_fetch_offset = batch.next_offset
 
 
-def _getall(self: Any, max_records: int | None = None) -> list[ConsumerRecord[Any, Any]]:
+def _getall(self: Any, max_records: int | None = None) -> list[FetchedRecord]:
     if not self.check_assignment(self._topic_partition) or not self.has_more():
         return []
     taken = list(islice(self._partition_records._records_iterator, max_records))

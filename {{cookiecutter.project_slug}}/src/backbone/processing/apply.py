@@ -194,7 +194,7 @@ class BatchApplier(Generic[A]):
         return result
 
     def _emit(
-        self, result: BatchResult, record: InputRecord, key: bytes, events: list[Any]
+        self, result: BatchResult, record: InputRecord, key: bytes, events: tuple[Any, ...]
     ) -> None:
         for index, emitted in enumerate(events):
             value, headers = self.events.encode(emitted)
