@@ -114,3 +114,27 @@ def test_unknown_fields_from_kafka_go_to_the_dlq_and_the_partition_goes_on() -> 
         assert "unknown field `nmae`" in letter.error
         state = driver.get("t-1")
         assert state is not None and state.name == "Ada"
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "error"),
+    [
+        (b'{"type": "named", "name": 7}', (), "got `int` - at `$.name`"),
+        (b'{"type": "named", "name": "Bo', (), "malformed JSON"),
+        (b"", (), "empty record value"),
+        (None, (), "empty record value"),
+        (b'{"type": "renamed"}', (), "known event types: lenient, named, resized"),
+        (b'{"type": "named", "name": "Bo', (("trace", b"x"),), "malformed JSON"),
+    ],
+)
+def test_a_record_that_is_no_event_is_dead_lettered_in_the_same_words_with_or_without_headers(
+    value: bytes | None, headers: tuple[tuple[str, bytes], ...], error: str
+) -> None:
+    with TestDriver(DOMAIN) as driver:
+        driver.send_raw(b"t-1", value, headers)
+        [letter] = driver.dead_letters
+        assert letter.reason == "invalid_event"
+        assert error in letter.error
+        with pytest.raises(DecodeError) as raised:
+            driver.applier.events.decode(value, headers)
+        assert letter.error == str(raised.value)

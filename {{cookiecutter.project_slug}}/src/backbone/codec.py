@@ -59,6 +59,9 @@ class EventCodec:
         self._by_name = types_by_name(types)
         union: Any = Union[tuple(types)] if len(types) > 1 else types[0]  # noqa: UP007
         self._decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(union)
+        # The value of a record without headers (so no old schema version), in one C call;
+        # its errors are msgspec's: ``decode`` says what is wrong in the DLQ's words.
+        self.decode_plain = self._decoder.decode
         self._encoder = msgspec.json.Encoder()
         self._upcasters = domain.upcasters
         # A record of the newest version needs no upcasting, whatever its type.

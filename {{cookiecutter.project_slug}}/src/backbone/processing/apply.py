@@ -117,9 +117,11 @@ class BatchApplier(Generic[A]):
                 states[key] = [*decode(raw), key.decode(), None, NO_OFFSET]
         by_type = self.domain.handlers.by_type
         decode_event = self.events.decode
+        decode_plain = self.events.decode_plain
         aggregate_type = self.domain.aggregate
         dead = result.dead
         applied = 0
+        topic, partition = records[0].topic, records[0].partition  # one topic partition
         for record in records:
             key = record.key or b""
             if not key:
@@ -138,8 +140,15 @@ class BatchApplier(Generic[A]):
                 # would count it twice.
                 result.skipped += 1
                 continue
+            value = record.value
             try:
-                event = decode_event(record.value, headers)
+                if headers or not value:
+                    event = decode_event(value, headers)
+                else:
+                    try:
+                        event = decode_plain(value)
+                    except msgspec.MsgspecError:
+                        event = decode_event(value, headers)  # raises, and says why
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "invalid_event", str(exc)))
                 continue
@@ -154,7 +163,7 @@ class BatchApplier(Generic[A]):
             if state[4] is not None:  # the HTTP API could never read it back
                 dead.append(DeadLetter(record, "invalid_key", state[4]))
                 continue
-            ctx = Context(state[3], record.topic, record.partition, offset, record.timestamp)
+            ctx = Context(state[3], topic, partition, offset, record.timestamp)
             try:
                 updated = handler(state[2], event, ctx)
             except DomainError as exc:
