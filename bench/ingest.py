@@ -7,6 +7,10 @@ concurrency as the HTTP stack's own ceiling. A 202 means Kafka acknowledged the 
 (``acks=all``). At the end every key is read back (batchGet): the points applied must be at
 least the POSTs answered 202, and at most that plus the requests wrk left in flight.
 
+The node has a core to itself where the machine has two or more: Kafka, ``wrk`` and this
+process share the others (``CpuSplit``), as clients and brokers are other machines in
+production. ``--shared-cpus`` lets them all run on every core instead.
+
 Prints one JSON line per concurrency: {"posts", "concurrency", "post_rps", "post_p50_ms",
 "post_p99_ms", "live_rps", ...}; the last line is the one for 64.
 """
@@ -30,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from backbone.dev.cluster import wait_until
 
-from _common import bake, machine
+from _common import CpuSplit, bake, machine
 from _wrk import ms, wrk
 
 SERVICE = "bench-ingest"
@@ -87,7 +91,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=15, help="seconds per wrk measure")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--read-model", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--shared-cpus", action="store_true", help="no core of its own for the node"
+    )
     args = parser.parse_args()
+    cpus = CpuSplit(shared=args.shared_cpus)
     keys = [f"c-{i}" for i in range(args.keys)]
     lines: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -110,7 +118,8 @@ def main() -> int:
                 "LOG_LEVEL": "info",
                 "ZONE": "zone-a",
             }
-            node = NodeProcess("customer_backbone", "node-0", work, env).start()
+            with cpus.node_side():
+                node = NodeProcess("customer_backbone", "node-0", work, env).start()
             try:
                 node.wait_ready(120)
                 wait_until(lambda: points(node.url, keys) == 0, 120, "every key registered")
@@ -176,6 +185,7 @@ def main() -> int:
             catch_up_s=catch_up_s,
             read_model=args.read_model,
             machine=machine(),
+            **cpus.describe(),
             loadavg_1m=round(os.getloadavg()[0], 2),
         )
         print(json.dumps(line))
