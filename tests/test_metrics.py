@@ -24,10 +24,13 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 4
 # Undecodable events: each goes to the dead-letter topic, none is applied.
 BROKEN = [(f"k-{i}".encode(), b"not json") for i in range(3)]
+# Written through the HTTP API: each is timed by the write histogram, and applied.
+POSTED = [f"w-{i}" for i in range(4)]
 
 REQUIRED = {
     "backbone_consumer_lag": "gauge",
     "backbone_batch_duration_seconds": "histogram",
+    "backbone_write_duration_seconds": "histogram",
     "backbone_events_applied": "counter",
     "backbone_dead_letters": "counter",
     "backbone_restore_remaining_records": "gauge",
@@ -66,13 +69,18 @@ def test_a_scrape_reports_what_the_node_did(bake: Bake, kafka_brokers: str, tmp_
     try:
         node.wait_ready(timeout=120)
         asyncio.run(produce_over_time(kafka_brokers, service.topic, events + BROKEN, 50, 0))
+        for key in POSTED:
+            body = {"type": "customer_registered", "name": key, "email": f"{key}@x.io"}
+            answer = httpx.post(f"{node.url}/customers/{key}/events", json=body, timeout=10)
+            assert answer.status_code == 202, answer.text
 
         def applied() -> dict[str, Metric] | None:
             families = scrape(node)
             total = value(families, "backbone_events_applied", "backbone_events_applied_total")
             dead = value(families, "backbone_dead_letters", "backbone_dead_letters_total")
             lags = by_partition(families, "backbone_consumer_lag")
-            done = total + dead == len(events) + len(BROKEN) and not any(lags.values())
+            done = total + dead == len(events) + len(POSTED) + len(BROKEN)
+            done = done and not any(lags.values())
             caught_up = value(families, "backbone_read_model_lag") == 0
             return families if done and caught_up else None
 
@@ -87,7 +95,7 @@ def test_a_scrape_reports_what_the_node_did(bake: Bake, kafka_brokers: str, tmp_
 
     assert value(families, "backbone_events_applied", "backbone_events_applied_total") == len(
         events
-    )
+    ) + len(POSTED)
     assert value(families, "backbone_dead_letters", "backbone_dead_letters_total") == len(BROKEN)
 
     # Every partition is this node's, and none lags behind its input.
@@ -108,6 +116,15 @@ def test_a_scrape_reports_what_the_node_did(bake: Bake, kafka_brokers: str, tmp_
     ]
     assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == batches
     assert [b.value for b in buckets] == sorted(b.value for b in buckets)
+
+    writes = value(
+        families, "backbone_write_duration_seconds", "backbone_write_duration_seconds_count"
+    )
+    assert writes == len(POSTED)
+    assert (
+        value(families, "backbone_write_duration_seconds", "backbone_write_duration_seconds_sum")
+        > 0
+    )
 
     # Restores finished long ago, no bootstrap ran, and one node holds no standby.
     assert all(

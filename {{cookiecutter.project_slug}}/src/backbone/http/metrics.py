@@ -3,7 +3,8 @@
 One mechanism: a collector reads the engine's parts at scrape time, as the OpenTelemetry
 observable callbacks of ``backbone.node.metrics`` do, so nothing is counted per event;
 only the batch latency histogram is observed as batches go, once per applied batch,
-through the processor's ``on_batch`` hook. Each application has its own registry.
+through the processor's ``on_batch`` hook, and the write latency histogram once per write
+acknowledged, through the engine's ``on_write_acked``. Each application has its own registry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 # From a few ms (a handful of records) to the 10 s of a large batch on a slow broker.
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+# A write waits for one produce request in flight and then its own: a few ms on a healthy
+# cluster, seconds while writes are paused for a repartitioning or a broker fails over.
+WRITE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, float("inf"))
 
 _histograms: weakref.WeakKeyDictionary[Engine[Any], Histogram] = weakref.WeakKeyDictionary()
 
@@ -168,7 +172,8 @@ class EngineCollector(Collector):
 
 
 def metrics_registry(engine: Engine[Any], projector: Projector[Any] | None) -> CollectorRegistry:
-    """This node's registry: the collector and the batch histogram, fed by the processor."""
+    """This node's registry: the collector, the batch histogram (fed by the processor) and
+    the write histogram (fed by the engine)."""
     # No ``*_created`` series: the text format would show them as gauges of their own.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=False)
@@ -181,6 +186,12 @@ def metrics_registry(engine: Engine[Any], projector: Projector[Any] | None) -> C
     )
     if _observe_batch not in processing.on_batch:
         processing.on_batch.append(_observe_batch)
+    engine.on_write_acked = Histogram(
+        "backbone_write_duration_seconds",
+        "time from a write's submission to its acknowledgement by Kafka (acks=all)",
+        registry=registry,
+        buckets=WRITE_BUCKETS,
+    ).observe
     return registry
 
 
