@@ -4,7 +4,7 @@ One mechanism: a collector reads the engine's parts at scrape time, as the OpenT
 observable callbacks of ``backbone.node.metrics`` do, so nothing is counted per event;
 only the batch latency histogram is observed as batches go, once per applied batch,
 through the processor's ``on_batch`` hook, and the write latency histogram once per write
-acknowledged, through the engine's ``on_write_acked``. Each application has its own registry.
+acknowledged, through the write path's ``on_write`` hook. Each application has its own registry.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from backbone.node import queries
 from backbone.node.partition import State
 from backbone.processing import processor as processing
+from backbone.repartition.gate import WriteGate
 
 if TYPE_CHECKING:
     from backbone.node.engine import Engine
@@ -35,6 +37,8 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 WRITE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, float("inf"))
 
 _histograms: weakref.WeakKeyDictionary[Engine[Any], Histogram] = weakref.WeakKeyDictionary()
+# Per engine's write gate, which outlives its generations as the engine does.
+_write_histograms: weakref.WeakKeyDictionary[WriteGate, Histogram] = weakref.WeakKeyDictionary()
 
 
 def _observe_batch(processor: Processor, seconds: float) -> None:
@@ -44,6 +48,13 @@ def _observe_batch(processor: Processor, seconds: float) -> None:
         if parts is not None and parts.processor is processor:
             histogram.observe(seconds)
             return
+
+
+def _observe_write(gate: WriteGate, seconds: float) -> None:
+    """The write path's ``on_write`` hook: the write goes to its engine's histogram."""
+    histogram = _write_histograms.get(gate)
+    if histogram is not None:
+        histogram.observe(seconds)
 
 
 class EngineCollector(Collector):
@@ -173,7 +184,7 @@ class EngineCollector(Collector):
 
 def metrics_registry(engine: Engine[Any], projector: Projector[Any] | None) -> CollectorRegistry:
     """This node's registry: the collector, the batch histogram (fed by the processor) and
-    the write histogram (fed by the engine)."""
+    the write histogram (fed by the write path)."""
     # No ``*_created`` series: the text format would show them as gauges of their own.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=False)
@@ -186,12 +197,14 @@ def metrics_registry(engine: Engine[Any], projector: Projector[Any] | None) -> C
     )
     if _observe_batch not in processing.on_batch:
         processing.on_batch.append(_observe_batch)
-    engine.on_write_acked = Histogram(
+    _write_histograms[engine.gate] = Histogram(
         "backbone_write_duration_seconds",
         "time from a write's submission to its acknowledgement by Kafka (acks=all)",
         registry=registry,
         buckets=WRITE_BUCKETS,
-    ).observe
+    )
+    if _observe_write not in queries.on_write:
+        queries.on_write.append(_observe_write)
     return registry
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -135,8 +134,6 @@ class Engine(Generic[A]):
         self._coordinator: Coordinator | None = None
         self._switching = asyncio.Lock()
         self.processed_before = 0  # by earlier generations' processors
-        # Told the seconds from each write's submission to its acknowledgement by Kafka.
-        self.on_write_acked: Callable[[float], None] = lambda _: None
 
     @property
     def gate(self) -> WriteGate:
@@ -401,10 +398,7 @@ class Engine(Generic[A]):
         return self.parts.queries
 
     async def submit(self, aggregate_id: str, event: Event) -> Position:
-        started = time.perf_counter()
-        position = await submit_event(self.applier, self.gate, self.producer, aggregate_id, event)
-        self.on_write_acked(time.perf_counter() - started)
-        return position
+        return await submit_event(self.applier, self.gate, self.producer, aggregate_id, event)
 
     def repartition_status(self) -> dict[str, Any]:
         coordinator = self._coordinator

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -211,6 +213,10 @@ def _detail(body: bytes, otherwise: str) -> str:
         return otherwise
 
 
+# Told each acknowledged write's gate and its seconds from submission (backbone.http.metrics).
+on_write: list[Callable[[WriteGate, float], None]] = []
+
+
 async def submit_event(
     applier: BatchApplier[A],
     gate: WriteGate,
@@ -220,6 +226,7 @@ async def submit_event(
 ) -> Position:
     """Produce ``event`` for ``aggregate_id`` to the generation's input that the write gate
     names; returns its position once acked. WritesPausedError while it is paused."""
+    started = time.perf_counter()
     value, headers = applier.events.encode(event)
     key = aggregate_id.encode()
     traced = tracing_on()
@@ -248,4 +255,6 @@ async def submit_event(
                 partition=metadata.partition,
                 offset=metadata.offset,
             )
+    for hook in on_write:
+        hook(gate, time.perf_counter() - started)
     return Position(target.generation, metadata.partition, metadata.offset)
