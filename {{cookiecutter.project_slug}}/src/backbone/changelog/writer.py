@@ -57,6 +57,7 @@ async def send_to_partition(
             batch, count = producer.create_batch(), 0
         count += 1
     if count:
+        batch.close()  # complete: sent without lingering
         pending.append(await producer.send_batch(batch, topic, partition=partition))
         counts.append(count)
     ranges = []

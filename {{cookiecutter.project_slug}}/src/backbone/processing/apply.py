@@ -7,7 +7,7 @@ so a handler unit test exercises the engine's real code path.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -26,6 +26,9 @@ from backbone.ids import ID_RULE, id_problem
 from backbone.store import PartitionStore
 
 A = TypeVar("A", bound=msgspec.Struct)
+
+# Records folded between pauses: about 10 ms of a CPU's work.
+FOLD_STEP = 4096
 
 
 class InputRecord(Protocol):
@@ -92,8 +95,26 @@ class BatchApplier(Generic[A]):
         records: Sequence[InputRecord],
         pending: dict[bytes, Folded] | None = None,
     ) -> BatchResult:
+        """``fold`` without pauses."""
+        steps = self.fold(store, records, pending)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: BatchResult = done.value
+                return result
+
+    def fold(
+        self,
+        store: PartitionStore,
+        records: Sequence[InputRecord],
+        pending: dict[bytes, Folded] | None = None,
+    ) -> Generator[None, None, BatchResult]:
         """Fold ``records`` into their aggregates: from ``pending`` (the state of a batch
-        not yet written to the store) where it has them, else from the store."""
+        not yet written to the store) where it has them, else from the store. Pauses (yields)
+        after every ``FOLD_STEP`` records, so that a caller on an event loop lets it turn:
+        the batch in flight's requests and acks progress meanwhile. Each key is still read,
+        decoded and encoded once per call."""
         result = BatchResult(partition=store.partition)
         if not records:
             return result
@@ -122,74 +143,81 @@ class BatchApplier(Generic[A]):
         dead = result.dead
         applied = 0
         topic, partition = records[0].topic, records[0].partition  # one topic partition
-        for record in records:
-            key = record.key or b""
-            if not key:
-                dead.append(
-                    DeadLetter(
-                        record, "missing_key", "the record has no key: set it to the aggregate id"
+        for start in range(0, len(records), FOLD_STEP):
+            if start:
+                yield
+            for record in records[start : start + FOLD_STEP]:
+                key = record.key or b""
+                if not key:
+                    dead.append(
+                        DeadLetter(
+                            record,
+                            "missing_key",
+                            "the record has no key: set it to the aggregate id",
+                        )
                     )
-                )
-                continue
-            state = states[key]
-            offset = record.offset
-            headers = record.headers
-            late = _late_offset(headers) if headers else None
-            if offset <= state[0] or (late is not None and late <= state[1]):
-                # Already applied before a crash (or forwarded twice): applying it again
-                # would count it twice.
-                result.skipped += 1
-                continue
-            value = record.value
-            try:
-                if headers or not value:
-                    event = decode_event(value, headers)
-                else:
-                    try:
-                        event = decode_plain(value)
-                    except Exception:  # decode says what is wrong, as it always has
+                    continue
+                state = states[key]
+                offset = record.offset
+                headers = record.headers
+                late = _late_offset(headers) if headers else None
+                if offset <= state[0] or (late is not None and late <= state[1]):
+                    # Already applied before a crash (or forwarded twice): applying it again
+                    # would count it twice.
+                    result.skipped += 1
+                    continue
+                value = record.value
+                try:
+                    if headers or not value:
                         event = decode_event(value, headers)
-            except DecodeError as exc:
-                dead.append(DeadLetter(record, "invalid_event", str(exc)))
-                continue
-            handler = by_type.get(type(event))
-            if handler is None:
-                dead.append(
-                    DeadLetter(
-                        record, "unhandled_type", f"no handler for {event_type_name(type(event))!r}"
+                    else:
+                        try:
+                            event = decode_plain(value)
+                        except Exception:  # decode says what is wrong, as it always has
+                            event = decode_event(value, headers)
+                except DecodeError as exc:
+                    dead.append(DeadLetter(record, "invalid_event", str(exc)))
+                    continue
+                handler = by_type.get(type(event))
+                if handler is None:
+                    dead.append(
+                        DeadLetter(
+                            record,
+                            "unhandled_type",
+                            f"no handler for {event_type_name(type(event))!r}",
+                        )
                     )
-                )
-                continue
-            if state[4] is not None:  # the HTTP API could never read it back
-                dead.append(DeadLetter(record, "invalid_key", state[4]))
-                continue
-            ctx = Context(state[3], topic, partition, offset, record.timestamp)
-            try:
-                updated = handler(state[2], event, ctx)
-            except DomainError as exc:
-                dead.append(DeadLetter(record, "rejected", str(exc)))
-                continue
-            except Exception as exc:
-                dead.append(DeadLetter(record, "handler_error", f"{type(exc).__name__}: {exc}"))
-                continue
-            if type(updated) is not aggregate_type and not isinstance(updated, aggregate_type):
-                dead.append(
-                    DeadLetter(
-                        record,
-                        "handler_error",
-                        f"handler returned {type(updated).__name__}, "
-                        f"expected {aggregate_type.__name__}",
+                    continue
+                if state[4] is not None:  # the HTTP API could never read it back
+                    dead.append(DeadLetter(record, "invalid_key", state[4]))
+                    continue
+                ctx = Context(state[3], topic, partition, offset, record.timestamp)
+                try:
+                    updated = handler(state[2], event, ctx)
+                except DomainError as exc:
+                    dead.append(DeadLetter(record, "rejected", str(exc)))
+                    continue
+                except Exception as exc:
+                    dead.append(DeadLetter(record, "handler_error", f"{type(exc).__name__}: {exc}"))
+                    continue
+                if type(updated) is not aggregate_type and not isinstance(updated, aggregate_type):
+                    dead.append(
+                        DeadLetter(
+                            record,
+                            "handler_error",
+                            f"handler returned {type(updated).__name__}, "
+                            f"expected {aggregate_type.__name__}",
+                        )
                     )
-                )
-                continue
-            if late is not None:
-                state[1] = late
-                result.late += 1
-            state[0] = state[5] = offset
-            state[2] = updated
-            applied += 1
-            if ctx.emitted:
-                self._emit(result, record, key, ctx.emitted)
+                    continue
+                if late is not None:
+                    state[1] = late
+                    result.late += 1
+                state[0] = state[5] = offset
+                state[2] = updated
+                applied += 1
+                if ctx.emitted:
+                    self._emit(result, record, key, ctx.emitted)
         result.applied = applied
         result.next_offset = records[-1].offset + 1
         encode = self.aggregates.encode

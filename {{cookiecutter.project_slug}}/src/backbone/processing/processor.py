@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,7 +115,7 @@ class Processor:
             batches = await self.consumer.getmany(timeout_ms=wait, max_records=self.max_records)
             async with self.lock:
                 if batches:
-                    await self._advance(self._stage(batches))
+                    await self._advance(await self._stage(batches))
                     self._tail_checked = time.monotonic()
                     continue
                 await self._advance(None)
@@ -141,8 +141,12 @@ class Processor:
             return False
         return await self.writer.claim(store)
 
-    def _stage(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> Staged:
-        """Apply ``batches`` in memory, over the state of the batch in flight."""
+    async def _stage(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> Staged:
+        """Apply ``batches`` in memory, over the state of the batch in flight. The event loop
+        turns at the fold's pauses, so that the batch in flight is sent and acknowledged
+        meanwhile: without them, its requests would wait until this batch is applied."""
         staged = Staged(started=time.perf_counter())
         inflight = self._inflight
         traced = tracing_on()
@@ -161,7 +165,7 @@ class Processor:
                 staged.spans.extend(self._spans(records))
             self.window.starting()
             pending = None if inflight is None else inflight.folded(tp.partition)
-            result = self.applier.apply(store, records, pending)
+            result = await _folded(self.applier.fold(store, records, pending))
             quiet = self.quiet.get(tp.partition)
             if quiet is not None:
                 result.emitted = [e for e in result.emitted if e.input_offset >= quiet]
@@ -335,3 +339,14 @@ class Processor:
             )
             return False
         return True
+
+
+async def _folded(steps: Generator[None, None, BatchResult]) -> BatchResult:
+    """Run a fold, letting the event loop turn at each of its pauses."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: BatchResult = done.value
+            return result
+        await asyncio.sleep(0)
