@@ -13,6 +13,10 @@ events. Prints one JSON line.
 them. The rate is then from the first batch of any node to the last of any, and
 ``cpu_us_per_event`` sums their CPU; ``peak_rss_mb`` is the largest node's.
 
+``--workers N`` runs each node as N processes (``WORKERS``), on one public port: the
+partitions split between them as between nodes, and the figures add up as for ``--nodes``.
+The bare consumer is one process either way.
+
 ``--read-model on`` runs the node's SQL read model (SQLite under DATA_DIR, the service's
 default) too: the clock then stops when the read model has caught up as well (its lag in
 ``/health/ready`` is 0), and its table is checked to hold one row per key.
@@ -34,6 +38,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -137,6 +142,13 @@ async def changelog_records(brokers: str) -> int:
         await consumer.stop()
 
 
+def node_pids(node: Any) -> list[int]:
+    """The node's process, or with WORKERS its workers."""
+    assert node.proc is not None
+    children = psutil.Process(node.proc.pid).children()
+    return [c.pid for c in children] or [node.proc.pid]
+
+
 def check_sample(url: str, reference: Reference, size: int = 500) -> int:
     """GETs a random sample of aggregates; fails on any that differs from the reference."""
     sample = random.Random(11).sample(sorted(reference), min(size, len(reference)))
@@ -161,6 +173,12 @@ def main() -> int:
         help="run the SQL read model (SQLite) and wait for it to catch up (default off)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="WORKERS of each node: its processes, each with a share of the partitions",
+    )
+    parser.add_argument(
         "--nodes",
         type=int,
         default=1,
@@ -168,8 +186,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     read_model = args.read_model == "on"
-    if args.nodes < 1 or (args.nodes > 1 and read_model):
-        parser.error("--nodes must be 1 or more, and 1 with --read-model on")
+    if args.nodes < 1 or args.workers < 1 or (args.nodes * args.workers > 1 and read_model):
+        parser.error("--nodes and --workers must be 1 or more, and 1 with --read-model on")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         work = Path(tmp)
         project = bake(work)
@@ -193,6 +211,7 @@ def main() -> int:
                 "LOG_LEVEL": "warning",
                 "READ_MODEL": args.read_model,
                 "MAX_BATCH_RECORDS": os.environ.get("MAX_BATCH_RECORDS", "100000"),
+                "WORKERS": str(args.workers),
             }
             if args.nodes > 1:  # reads of the sample are forwarded between them
                 env.update(NODE_HOST="bench-machine", INTERNAL_TOKEN="bench-internal-token")
@@ -211,10 +230,19 @@ def main() -> int:
                         return {}
                     return body
 
+                # Per worker, its last /health/ready: each connection to a node's shared
+                # port is given to one of its workers.
+                latest: dict[str, dict[str, Any]] = {}
+
                 def processed() -> int:
-                    bodies = [ready(node) for node in nodes]
+                    for node in nodes:
+                        for _ in range(4 * args.workers):
+                            body = ready(node)
+                            if body.get("node"):
+                                latest[body["node"]] = body
                     return sum(
-                        int(b.get("processed", 0)) + int(b.get("dead_letters", 0)) for b in bodies
+                        int(b.get("processed", 0)) + int(b.get("dead_letters", 0))
+                        for b in latest.values()
                     )
 
                 def caught_up() -> bool:
@@ -222,7 +250,8 @@ def main() -> int:
                     return isinstance(section, dict) and section.get("lag") == 0
 
                 wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.05)
-                applied = [ready(node)["applied"] for node in nodes]
+                assert len(latest) == args.nodes * args.workers, sorted(latest)
+                applied = [body["applied"] for body in latest.values()]
                 started_at = min(a["first_at"] for a in applied if a["first_at"])
                 seconds = max(a["last_at"] for a in applied if a["last_at"]) - started_at
                 cpu_s = sum(a["cpu_s"] for a in applied)
@@ -244,7 +273,7 @@ def main() -> int:
                         "read_model_caught_up_s": round(with_read_model, 2),
                         "events_per_s_read_model_caught_up": round(args.events / with_read_model),
                     }
-                rss = max(peak_rss_mb(node.proc.pid) for node in nodes if node.proc is not None)
+                rss = max(peak_rss_mb(pid) for node in nodes for pid in node_pids(node))
             finally:
                 for node in nodes:
                     node.stop()
@@ -254,6 +283,7 @@ def main() -> int:
     result = {
         "events": args.events,
         "nodes": args.nodes,
+        "workers": args.workers,
         "keys": args.keys,
         "partitions": PARTITIONS,
         "seconds": round(seconds, 2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from backbone.settings import SettingsError
 from backbone.snapshot.bootstrap import NoSourceError
 from backbone.store import StoreLockedError
 from backbone.topics import Topics
+from backbone.workers import WORKER_ENV, Supervisor
 
 if TYPE_CHECKING:
     from backbone.service import Service
@@ -35,6 +37,9 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     from backbone.observability import tracing_on
 
     settings = service.settings()
+    if settings.workers > 1 and WORKER_ENV not in os.environ:
+        configure_logging(settings.log_level)
+        return Supervisor(settings, [sys.executable, *sys.orig_argv[1:]], os.environ).run()
     app = service.app(settings)
     # Refused credentials or certificates end the node here, in words, before any client
     # would retry them.

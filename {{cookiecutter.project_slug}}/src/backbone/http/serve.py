@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable, Generator
 from typing import Any
@@ -13,6 +15,7 @@ import uvicorn
 
 from backbone.http.coalesce import CoalescingHttpTools
 from backbone.settings import EngineSettings
+from backbone.workers import WORKER_ENV
 
 
 class _Server(uvicorn.Server):
@@ -68,7 +71,21 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    tasks = {asyncio.create_task(front.serve()), asyncio.create_task(back.serve())}
+    shared = None
+    if WORKER_ENV in os.environ:
+        shared = [_shared_socket(settings.http_host, settings.http_port)]
+    tasks = {asyncio.create_task(front.serve(shared)), asyncio.create_task(back.serve())}
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     front.should_exit = back.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """The public port of a node's workers (backbone.workers): each binds it, and the kernel
+    spreads the connections over them."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock

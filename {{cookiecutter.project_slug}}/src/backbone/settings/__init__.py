@@ -324,6 +324,17 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_records: Annotated[
         int, _setting("most input records fetched per batch, all partitions together", ge=1)
     ] = 100_000
+    workers: Annotated[
+        int,
+        _setting(
+            "processes of this node, one per core it may use: each is a member of the group "
+            "with its own share of the partitions, store directory `DATA_DIR/worker-<i>`, "
+            "`NODE_ID` `<NODE_ID>-<i>` and internal port `INTERNAL_PORT`+i; they share the "
+            "public port and `NODE_HOST`. One process runs one handler at a time",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
     max_body_bytes: Annotated[int, _setting("largest HTTP body; larger gets 413", ge=256)] = (
         64 * 1024
     )

@@ -1,0 +1,161 @@
+"""WORKERS > 1: one node as several processes (backbone.workers) on one public port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from backbone.dev.cluster import NodeProcess, wait_until
+from backbone.settings import EngineSettings, SettingsError
+from backbone.workers import MIN_UPTIME_S, WORKER_ENV, worker_env
+
+from clustertools import make_stream, new_service, produce_over_time
+
+PARTITIONS = 6
+
+
+def settings(**env: str) -> EngineSettings:
+    return EngineSettings.from_env("svc", "customer", PARTITIONS, 0, env)
+
+
+def test_each_worker_gets_its_own_id_store_directory_and_internal_port() -> None:
+    node = settings(WORKERS="3", NODE_ID="n1", DATA_DIR="/var/data", INTERNAL_PORT="9100")
+    env = worker_env(node, 2, {"KEEP": "me"})
+    assert env["KEEP"] == "me"
+    assert (env[WORKER_ENV], env["WORKERS"], env["NODE_ID"]) == ("2", "1", "n1-2")
+    assert (env["DATA_DIR"], env["INTERNAL_PORT"]) == ("/var/data/worker-2", "9102")
+    assert env["NODE_HOST"] == "n1"  # the assignor keeps replicas off the node's workers
+    assert "INTERNAL_URL" not in env  # each derives its own from its port
+    placed = settings(WORKERS="2", NODE_HOST="rack-7-host")
+    assert worker_env(placed, 1, {})["NODE_HOST"] == "rack-7-host"
+
+
+def test_workers_of_a_node_without_an_internal_token_share_one_of_their_own() -> None:
+    alone = settings(WORKERS="2")
+    assert worker_env(alone, 1, {}, "generated")["INTERNAL_TOKEN"] == "generated"
+    shared = settings(WORKERS="2", INTERNAL_TOKEN="the-cluster-token-0123456789")
+    environ = {"INTERNAL_TOKEN": "the-cluster-token-0123456789"}
+    env = worker_env(shared, 1, environ, "generated")
+    assert env["INTERNAL_TOKEN"] == "the-cluster-token-0123456789"
+
+
+def test_an_internal_url_set_for_the_node_is_shifted_per_worker() -> None:
+    node = settings(WORKERS="2", INTERNAL_URL="https://node-0.internal:9000")
+    environ = {"INTERNAL_URL": "https://node-0.internal:9000"}
+    assert worker_env(node, 1, environ)["INTERNAL_URL"] == "https://node-0.internal:9001"
+    with pytest.raises(SettingsError, match="names no port"):
+        worker_env(node, 1, {"INTERNAL_URL": "https://node-0.internal"})
+
+
+def workers_of(node: NodeProcess) -> list[psutil.Process]:
+    assert node.proc is not None
+    return psutil.Process(node.proc.pid).children()
+
+
+def statuses(node: NodeProcess, workers: int) -> dict[str, dict[str, Any]]:
+    """/health/ready of each worker: every new connection to the shared port is given to one
+    of them, so a bounded number of them reaches all."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(100):
+        status = node.status()
+        if status is not None:
+            seen[str(status["node"])] = status
+        if len(seen) == workers:
+            break
+    return seen
+
+
+def all_ready(node: NodeProcess) -> dict[str, dict[str, Any]] | None:
+    seen = statuses(node, 2)
+    if len(seen) < 2 or not all(s.get("ready") for s in seen.values()):
+        return None
+    actives = sorted(p for s in seen.values() for p in s.get("active", []))
+    return seen if actives == list(range(PARTITIONS)) else None
+
+
+def aggregates_match(node: NodeProcess, reference: dict[str, tuple[int, int]]) -> bool:
+    with httpx.Client(timeout=10) as client:
+        for key, (total, count) in reference.items():
+            answer = client.get(f"{node.url}/customers/{key}")
+            if answer.status_code != 200:
+                return False
+            body = answer.json()
+            if (body["lifetime_value_cents"], body["order_count"]) != (total, count):
+                return False
+    return True
+
+
+def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
+    bake: Any, kafka_brokers: str, tmp_path: Path
+) -> None:
+    service = new_service("workers", bake(), kafka_brokers, tmp_path, PARTITIONS)
+    del service.env["INTERNAL_TOKEN"]  # the workers make one of their own
+    events, reference = make_stream(keys=60, orders=1_500, seed=5)
+    first, second = events[:900], events[900:]
+    asyncio.run(produce_over_time(kafka_brokers, service.topic, first, 300, 0))
+    node = service.node(0, WORKERS="2", STANDBY_REPLICAS="0").start()
+    try:
+        seen = wait_until(lambda: all_ready(node), 90, "both workers ready, all partitions")
+        assert sorted(seen) == ["node-0-0", "node-0-1"]
+        assert all(s["active"] for s in seen.values()), "each worker holds partitions"
+        assert {p.name for p in node.data_dir.iterdir()} == {"worker-0", "worker-1"}
+        workers = workers_of(node)
+        assert len(workers) == 2
+
+        # A worker killed once it has run long enough is started again, with its store.
+        victim = workers[1]
+        wait_until(
+            lambda: time.time() - victim.create_time() > MIN_UPTIME_S + 1,
+            MIN_UPTIME_S + 30,
+            "the worker to be past its start",
+        )
+        victim.kill()
+        wait_until(
+            lambda: len(workers_of(node)) == 2 and victim not in workers_of(node),
+            30,
+            "the worker started again",
+        )
+        asyncio.run(produce_over_time(kafka_brokers, service.topic, second, 300, 0))
+        wait_until(lambda: service.lag() == 0, 90, "every event processed")
+        wait_until(lambda: all_ready(node), 90, "both workers ready again")
+        # Each key is answered through the shared port, whichever worker owns it.
+        assert wait_until(lambda: aggregates_match(node, reference), 60, "the reference")
+
+        # SIGKILL of the node takes its workers with it: no orphan holds the stores.
+        workers = workers_of(node)
+        node.kill()
+        wait_until(lambda: not any(w.is_running() for w in workers), 30, "workers to die")
+    finally:
+        node.stop()
+    again = service.node(0, WORKERS="2", STANDBY_REPLICAS="0").start()
+    try:
+        wait_until(lambda: all_ready(again), 90, "the node back")
+        assert aggregates_match(again, reference)
+    finally:
+        again.stop()
+    assert again.proc is not None and again.proc.returncode == 0
+
+
+def test_a_worker_that_fails_at_its_start_stops_the_node_with_a_reason(
+    bake: Any, kafka_brokers: str, tmp_path: Path
+) -> None:
+    service = new_service("workers-bad", bake(), kafka_brokers, tmp_path, PARTITIONS)
+    with socket.socket() as taken:  # no SO_REUSEPORT: the workers cannot bind the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = NodeProcess(
+            "customer_backbone", "bad", tmp_path, {**service.env, "WORKERS": "2"}, port=port
+        ).start()
+        assert node.proc is not None
+        code = node.proc.wait(timeout=60)
+    assert code != 0
+    log = node.log_path.read_text()
+    assert "workers_stopping" in log and "exited" in log
