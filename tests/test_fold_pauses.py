@@ -14,7 +14,7 @@ import pytest
 
 from backbone import Context, Domain, Event, Handlers
 from backbone.codec import AggregateCodec
-from backbone.processing.apply import FOLD_STEP, BatchApplier
+from backbone.processing.apply import FOLD_STEP, BatchApplier, step
 from backbone.processing.processor import _folded
 from backbone.store import PartitionStore
 
@@ -85,12 +85,7 @@ def test_a_fold_pauses_every_step_and_folds_what_apply_folds(
     batch = records(2 * FOLD_STEP + 3)
     steps = BatchApplier(COUNTERS).fold(paused, batch)
     pauses = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result = done.value
-            break
+    while (result := step(steps)) is None:
         pauses += 1
     assert pauses == 2
     reference = BatchApplier(COUNTERS).apply(whole, batch)

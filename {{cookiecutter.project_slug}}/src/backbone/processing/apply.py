@@ -97,12 +97,9 @@ class BatchApplier(Generic[A]):
     ) -> BatchResult:
         """``fold`` without pauses."""
         steps = self.fold(store, records, pending)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: BatchResult = done.value
-                return result
+        while (result := step(steps)) is None:
+            pass
+        return result
 
     def fold(
         self,
@@ -238,6 +235,16 @@ class BatchApplier(Generic[A]):
             event_id = f"{record.topic}/{record.partition}/{record.offset}/{index}"
             headers.append((ID_HEADER, event_id.encode()))
             result.emitted.append(Emitted(key, value, headers, record.offset))
+
+
+def step(fold: Generator[None, None, BatchResult]) -> BatchResult | None:
+    """Run ``fold`` to its next pause: None there, its result once it is done."""
+    try:
+        next(fold)
+    except StopIteration as done:
+        result: BatchResult = done.value
+        return result
+    return None
 
 
 def _late_offset(headers: Sequence[tuple[str, bytes]]) -> int | None:

@@ -29,7 +29,13 @@ from opentelemetry import propagate, trace
 
 from backbone.changelog.writer import ChangelogWriter, Sent
 from backbone.observability import tracing_on
-from backbone.processing.apply import BatchApplier, BatchResult, Folded, dead_letter_headers
+from backbone.processing.apply import (
+    BatchApplier,
+    BatchResult,
+    Folded,
+    dead_letter_headers,
+    step,
+)
 from backbone.processing.window import AppliedWindow
 from backbone.store import PartitionStore
 from backbone.store.registry import StoreRegistry
@@ -343,10 +349,6 @@ class Processor:
 
 async def _folded(steps: Generator[None, None, BatchResult]) -> BatchResult:
     """Run a fold, letting the event loop turn at each of its pauses."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: BatchResult = done.value
-            return result
+    while (result := step(steps)) is None:
         await asyncio.sleep(0)
+    return result
