@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from backbone.dev.cluster import NodeProcess, wait_until
+from backbone.http.metrics import merged
 from backbone.settings import EngineSettings, SettingsError
-from backbone.workers import MIN_UPTIME_S, WORKER_ENV, worker_env
+from backbone.workers import MIN_UPTIME_S, WORKER_ENV, siblings, worker_env
 
 from clustertools import make_stream, new_service, produce_over_time
 
@@ -32,7 +34,9 @@ def test_each_worker_gets_its_own_id_store_directory_and_internal_port() -> None
     assert (env[WORKER_ENV], env["WORKERS"], env["NODE_ID"]) == ("2", "1", "n1-2")
     assert (env["DATA_DIR"], env["INTERNAL_PORT"]) == ("/var/data/worker-2", "9102")
     assert env["NODE_HOST"] == "n1"  # the assignor keeps replicas off the node's workers
-    assert "INTERNAL_URL" not in env  # each derives its own from its port
+    assert env["INTERNAL_URL"] == "http://127.0.0.1:9102"
+    assert siblings(env) == {"0": "http://127.0.0.1:9100", "1": "http://127.0.0.1:9101"}
+    assert siblings({"KEEP": "me"}) == {}  # a node of one process
     placed = settings(WORKERS="2", NODE_HOST="rack-7-host")
     assert worker_env(placed, 1, {})["NODE_HOST"] == "rack-7-host"
 
@@ -48,10 +52,37 @@ def test_workers_of_a_node_without_an_internal_token_share_one_of_their_own() ->
 
 def test_an_internal_url_set_for_the_node_is_shifted_per_worker() -> None:
     node = settings(WORKERS="2", INTERNAL_URL="https://node-0.internal:9000")
-    environ = {"INTERNAL_URL": "https://node-0.internal:9000"}
-    assert worker_env(node, 1, environ)["INTERNAL_URL"] == "https://node-0.internal:9001"
+    assert worker_env(node, 1, {})["INTERNAL_URL"] == "https://node-0.internal:9001"
+    portless = settings(WORKERS="2", INTERNAL_URL="https://node-0.internal")
     with pytest.raises(SettingsError, match="names no port"):
-        worker_env(node, 1, {"INTERNAL_URL": "https://node-0.internal"})
+        worker_env(portless, 1, {})
+
+
+def test_the_metrics_of_a_nodes_workers_are_one_exposition_labelled_by_worker() -> None:
+    text = (
+        "# HELP backbone_events_applied_total applied\n"
+        "# TYPE backbone_events_applied_total counter\n"
+        "backbone_events_applied_total {n}\n"
+        "# HELP backbone_consumer_lag lag\n"
+        "# TYPE backbone_consumer_lag gauge\n"
+        'backbone_consumer_lag{{partition="3"}} 2.0\n'
+    )
+    body = merged({"1": text.format(n=7.0), "0": text.format(n=5.0)}).decode()
+    assert body.count("# TYPE backbone_events_applied_total counter") == 1
+    assert 'backbone_events_applied_total{worker="0"} 5.0' in body
+    assert 'backbone_events_applied_total{worker="1"} 7.0' in body
+    assert 'backbone_consumer_lag{partition="3",worker="1"} 2.0' in body
+
+
+def applied_by_worker(node: NodeProcess) -> dict[str, float]:
+    """``backbone_events_applied_total`` per worker, from one scrape of the shared port."""
+    answer = httpx.get(f"{node.url}/metrics", timeout=10).raise_for_status()
+    return {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+        if sample.name == "backbone_events_applied_total"
+    }
 
 
 def workers_of(node: NodeProcess) -> list[psutil.Process]:
@@ -108,6 +139,12 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
         assert {p.name for p in node.data_dir.iterdir()} == {"worker-0", "worker-1"}
         workers = workers_of(node)
         assert len(workers) == 2
+        # Any worker that takes the scrape answers for both; each event was applied once.
+        wait_until(lambda: service.lag() == 0, 90, "the first events processed")
+        for _ in range(5):
+            counts = applied_by_worker(node)
+            assert sorted(counts) == ["0", "1"], counts
+            assert sum(counts.values()) == len(first), counts
 
         # A worker killed once it has run long enough is started again, with its store.
         victim = workers[1]

@@ -25,8 +25,10 @@ from backbone.settings import EngineSettings, SettingsError
 
 log = structlog.get_logger(__name__)
 
-# Set in each worker's environment: its index. A worker serves the shared public port.
+# Set in each worker's environment: its index (a worker serves the shared public port), and
+# the internal URLs of all the node's workers, comma-separated (for its metrics).
 WORKER_ENV = "BACKBONE_WORKER"
+WORKER_URLS_ENV = "BACKBONE_WORKER_URLS"
 # A worker that dies this soon after its start is taken as misconfigured (a port in use,
 # refused credentials): starting it again would only fail again, so the node stops.
 MIN_UPTIME_S = 10.0
@@ -52,9 +54,18 @@ def worker_env(
     )
     if not settings.internal_token and token:
         env["INTERNAL_TOKEN"] = token
-    if environ.get("INTERNAL_URL"):
-        env["INTERNAL_URL"] = _shifted(environ["INTERNAL_URL"], index)
+    urls = [_shifted(settings.internal_url, i) for i in range(settings.workers)]
+    env.update({"INTERNAL_URL": urls[index], WORKER_URLS_ENV: ",".join(urls)})
     return env
+
+
+def siblings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """In a worker: the internal URL of each other worker of its node, by index. Empty in a
+    node of one process."""
+    me, urls = environ.get(WORKER_ENV), environ.get(WORKER_URLS_ENV)
+    if me is None or not urls:
+        return {}
+    return {str(i): url for i, url in enumerate(urls.split(",")) if str(i) != me}
 
 
 def _shifted(url: str, index: int) -> str:

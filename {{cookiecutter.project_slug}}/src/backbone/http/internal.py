@@ -35,7 +35,9 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from backbone.http.metrics import own_metrics
 from backbone.http.reads import (
     RETRY,
     batch_request,
@@ -244,6 +246,14 @@ def internal_app(engine: Engine[Any]) -> Litestar:
         parts = engine.parts
         return {"suspects": [] if parts is None else parts.watch.suspects()}
 
+    @get("/internal/metrics", guards=guard, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    async def metrics() -> bytes:
+        """This worker's metrics, for the other workers of its node (``backbone.workers``)."""
+        body = own_metrics(engine)
+        if body is None:
+            raise NotFoundException("this node serves no metrics (METRICS=off)")
+        return body
+
     @post(REJOIN_PATH, guards=guard, status_code=HTTP_200_OK)
     async def rejoin(generation: Annotated[int, Parameter()]) -> dict[str, bool]:
         """A peer left group generation ``generation``, or was removed: join again now."""
@@ -264,6 +274,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             accept_loss,
             repartition,
             health,
+            metrics,
             rejoin,
         ],
         openapi_config=None,  # no /schema: this port serves its guarded routes only

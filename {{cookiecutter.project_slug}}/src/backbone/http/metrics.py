@@ -9,21 +9,26 @@ acknowledged, through the write path's ``on_write`` hook. Each application has i
 
 from __future__ import annotations
 
+import asyncio
+import os
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from litestar import Router, get
 from litestar.response.base import ASGIResponse
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from backbone.node import queries
 from backbone.node.partition import State
 from backbone.processing import processor as processing
 from backbone.repartition.gate import WriteGate
+from backbone.workers import WORKER_ENV, siblings
 
 if TYPE_CHECKING:
     from backbone.node.engine import Engine
@@ -37,6 +42,9 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 WRITE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, float("inf"))
 
 _histograms: weakref.WeakKeyDictionary[Engine[Any], Histogram] = weakref.WeakKeyDictionary()
+# Per engine, its registry: the internal API serves it to the node's other workers.
+_registries: weakref.WeakKeyDictionary[Engine[Any], CollectorRegistry] = weakref.WeakKeyDictionary()
+SIBLING_TIMEOUT_S = 2.0
 # Per engine's write gate, which outlives its generations as the engine does.
 _write_histograms: weakref.WeakKeyDictionary[WriteGate, Histogram] = weakref.WeakKeyDictionary()
 
@@ -205,7 +213,63 @@ def metrics_registry(engine: Engine[Any], projector: Projector[Any] | None) -> C
     )
     if _observe_write not in queries.on_write:
         queries.on_write.append(_observe_write)
+    _registries[engine] = registry
     return registry
+
+
+def own_metrics(engine: Engine[Any]) -> bytes | None:
+    """This process's metrics; None when the node serves none (``METRICS=off``)."""
+    registry = _registries.get(engine)
+    return None if registry is None else generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merged(texts: dict[str, str]) -> bytes:
+    """Expositions of several workers as one, each sample labelled with its ``worker``."""
+    families: dict[str, Metric] = {}
+    for worker, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            into = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            into.samples.extend(
+                sample._replace(labels={**sample.labels, "worker": worker})
+                for sample in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+async def _with_siblings(engine: Engine[Any], own: bytes, others: dict[str, str]) -> bytes:
+    """The metrics of every worker of this node (backbone.workers): a scrape of the shared
+    port reaches one of them, which asks the others. One that does not answer in time is
+    left out of this scrape."""
+    texts = {os.environ[WORKER_ENV]: own.decode()}
+    parts = engine.parts
+    if parts is not None:
+        auth = {"authorization": f"Bearer {engine.settings.internal_token}"}
+        timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)
+
+        async def fetch(url: str) -> str | None:
+            try:
+                async with parts.clients.http.get(
+                    f"{url}/internal/metrics", headers=auth, timeout=timeout
+                ) as answer:
+                    return await answer.text() if answer.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        answers = await asyncio.gather(*(fetch(url) for url in others.values()))
+        texts.update({i: text for i, text in zip(others, answers, strict=True) if text})
+    return merged(texts)
 
 
 def metrics_routes(engine: Engine[Any], projector: Projector[Any] | None) -> Router:
@@ -214,6 +278,10 @@ def metrics_routes(engine: Engine[Any], projector: Projector[Any] | None) -> Rou
 
     @get("/metrics", include_in_schema=False)
     async def scrape() -> ASGIResponse:
-        return ASGIResponse(body=generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+        body = generate_latest(registry)
+        others = siblings()
+        if others:
+            body = await _with_siblings(engine, body, others)
+        return ASGIResponse(body=body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return Router(path="/", route_handlers=[scrape])
