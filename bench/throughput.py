@@ -230,19 +230,18 @@ def main() -> int:
                         return {}
                     return body
 
-                # Per worker, its last /health/ready: each connection to a node's shared
-                # port is given to one of its workers.
-                latest: dict[str, dict[str, Any]] = {}
+                def statuses() -> list[dict[str, Any]]:
+                    """Every worker's: a node's /health/ready includes its other workers'."""
+                    found = []
+                    for node in nodes:
+                        body = ready(node)
+                        found.extend([body, *body.get("workers", {}).values()])
+                    return [b for b in found if b.get("node")]
 
                 def processed() -> int:
-                    for node in nodes:
-                        for _ in range(4 * args.workers):
-                            body = ready(node)
-                            if body.get("node"):
-                                latest[body["node"]] = body
                     return sum(
                         int(b.get("processed", 0)) + int(b.get("dead_letters", 0))
-                        for b in latest.values()
+                        for b in statuses()
                     )
 
                 def caught_up() -> bool:
@@ -250,8 +249,9 @@ def main() -> int:
                     return isinstance(section, dict) and section.get("lag") == 0
 
                 wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.05)
-                assert len(latest) == args.nodes * args.workers, sorted(latest)
-                applied = [body["applied"] for body in latest.values()]
+                final = statuses()
+                assert len(final) == args.nodes * args.workers, [b["node"] for b in final]
+                applied = [body["applied"] for body in final]
                 started_at = min(a["first_at"] for a in applied if a["first_at"])
                 seconds = max(a["last_at"] for a in applied if a["last_at"]) - started_at
                 cpu_s = sum(a["cpu_s"] for a in applied)

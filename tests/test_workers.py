@@ -85,30 +85,46 @@ def applied_by_worker(node: NodeProcess) -> dict[str, float]:
     }
 
 
-def workers_of(node: NodeProcess) -> list[psutil.Process]:
+def workers_of(node: NodeProcess) -> dict[str, psutil.Process]:
+    """The node's worker processes, by index."""
     assert node.proc is not None
-    return psutil.Process(node.proc.pid).children()
+    found = {}
+    for child in psutil.Process(node.proc.pid).children():
+        try:
+            found[child.environ()[WORKER_ENV]] = child
+        except psutil.NoSuchProcess:  # one just killed, not reaped yet
+            continue
+    return found
 
 
-def statuses(node: NodeProcess, workers: int) -> dict[str, dict[str, Any]]:
-    """/health/ready of each worker: every new connection to the shared port is given to one
-    of them, so a bounded number of them reaches all."""
-    seen: dict[str, dict[str, Any]] = {}
-    for _ in range(100):
-        status = node.status()
-        if status is not None:
-            seen[str(status["node"])] = status
-        if len(seen) == workers:
-            break
-    return seen
+def statuses(node: NodeProcess) -> dict[str, dict[str, Any]]:
+    """Every worker's status, by node id, from one ``/health/ready`` of the shared port:
+    the worker that answers includes the others'."""
+    status = node.status()
+    if status is None:
+        return {}
+    others = status.get("workers", {}).values()
+    return {str(s["node"]): s for s in [status, *others]}
 
 
 def all_ready(node: NodeProcess) -> dict[str, dict[str, Any]] | None:
-    seen = statuses(node, 2)
+    seen = statuses(node)
     if len(seen) < 2 or not all(s.get("ready") for s in seen.values()):
         return None
     actives = sorted(p for s in seen.values() for p in s.get("active", []))
     return seen if actives == list(range(PARTITIONS)) else None
+
+
+def not_ready(url: str) -> httpx.Response | None:
+    got = answer(url)
+    return got if got is not None and got.status_code == 503 else None
+
+
+def answer(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=3)
+    except httpx.TimeoutException:  # the connection went to a stopped worker
+        return None
 
 
 def aggregates_match(node: NodeProcess, reference: dict[str, tuple[int, int]]) -> bool:
@@ -138,7 +154,7 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
         assert all(s["active"] for s in seen.values()), "each worker holds partitions"
         assert {p.name for p in node.data_dir.iterdir()} == {"worker-0", "worker-1"}
         workers = workers_of(node)
-        assert len(workers) == 2
+        assert sorted(workers) == ["0", "1"]
         # Any worker that takes the scrape answers for both; each event was applied once.
         wait_until(lambda: service.lag() == 0, 90, "the first events processed")
         for _ in range(5):
@@ -146,8 +162,23 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
             assert sorted(counts) == ["0", "1"], counts
             assert sum(counts.values()) == len(first), counts
 
+        # A worker that does not answer makes the node not ready, and is not called dead:
+        # the supervisor starts a dead one again.
+        victim = workers["1"]
+        victim.suspend()
+        try:
+            silent = wait_until(
+                lambda: not_ready(f"{node.url}/health/ready"),
+                60,
+                "worker 0 to report worker 1 silent",
+            )
+            assert "worker 1 did not answer: it is starting" in silent.json()["reasons"]
+            live = wait_until(lambda: answer(f"{node.url}/health/live"), 60, "a live answer")
+            assert live.status_code == 200, live.text
+        finally:
+            victim.resume()
+
         # A worker killed once it has run long enough is started again, with its store.
-        victim = workers[1]
         wait_until(
             lambda: time.time() - victim.create_time() > MIN_UPTIME_S + 1,
             MIN_UPTIME_S + 30,
@@ -155,7 +186,7 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
         )
         victim.kill()
         wait_until(
-            lambda: len(workers_of(node)) == 2 and victim not in workers_of(node),
+            lambda: len(workers_of(node)) == 2 and victim not in workers_of(node).values(),
             30,
             "the worker started again",
         )
@@ -168,7 +199,7 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
         # SIGKILL of the node takes its workers with it: no orphan holds the stores.
         workers = workers_of(node)
         node.kill()
-        wait_until(lambda: not any(w.is_running() for w in workers), 30, "workers to die")
+        wait_until(lambda: not any(w.is_running() for w in workers.values()), 30, "their death")
     finally:
         node.stop()
     again = service.node(0, WORKERS="2", STANDBY_REPLICAS="0").start()

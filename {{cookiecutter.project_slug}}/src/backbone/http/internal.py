@@ -38,6 +38,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from backbone.http.metrics import own_metrics
+from backbone.http.public import own_health
 from backbone.http.reads import (
     RETRY,
     batch_request,
@@ -254,6 +255,11 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             raise NotFoundException("this node serves no metrics (METRICS=off)")
         return body
 
+    @get("/internal/worker-health", guards=guard)
+    async def worker_health() -> dict[str, Any]:
+        """This worker's health, for the other workers of its node (``backbone.workers``)."""
+        return own_health(engine)
+
     @post(REJOIN_PATH, guards=guard, status_code=HTTP_200_OK)
     async def rejoin(generation: Annotated[int, Parameter()]) -> dict[str, bool]:
         """A peer left group generation ``generation``, or was removed: join again now."""
@@ -275,6 +281,7 @@ def internal_app(engine: Engine[Any]) -> Litestar:
             repartition,
             health,
             metrics,
+            worker_health,
             rejoin,
         ],
         openapi_config=None,  # no /schema: this port serves its guarded routes only

@@ -9,13 +9,10 @@ acknowledged, through the write path's ``on_write`` hook. Each application has i
 
 from __future__ import annotations
 
-import asyncio
-import os
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from litestar import Router, get
 from litestar.response.base import ASGIResponse
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
@@ -24,11 +21,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from backbone.http.siblings import ask, this_worker
 from backbone.node import queries
 from backbone.node.partition import State
 from backbone.processing import processor as processing
 from backbone.repartition.gate import WriteGate
-from backbone.workers import WORKER_ENV, siblings
 
 if TYPE_CHECKING:
     from backbone.node.engine import Engine
@@ -44,7 +41,6 @@ WRITE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
 _histograms: weakref.WeakKeyDictionary[Engine[Any], Histogram] = weakref.WeakKeyDictionary()
 # Per engine, its registry: the internal API serves it to the node's other workers.
 _registries: weakref.WeakKeyDictionary[Engine[Any], CollectorRegistry] = weakref.WeakKeyDictionary()
-SIBLING_TIMEOUT_S = 2.0
 # Per engine's write gate, which outlives its generations as the engine does.
 _write_histograms: weakref.WeakKeyDictionary[WriteGate, Histogram] = weakref.WeakKeyDictionary()
 
@@ -248,30 +244,6 @@ def merged(texts: dict[str, str]) -> bytes:
     return generate_latest(registry)
 
 
-async def _with_siblings(engine: Engine[Any], own: bytes, others: dict[str, str]) -> bytes:
-    """The metrics of every worker of this node (backbone.workers): a scrape of the shared
-    port reaches one of them, which asks the others. One that does not answer in time is
-    left out of this scrape."""
-    texts = {os.environ[WORKER_ENV]: own.decode()}
-    parts = engine.parts
-    if parts is not None:
-        auth = {"authorization": f"Bearer {engine.settings.internal_token}"}
-        timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)
-
-        async def fetch(url: str) -> str | None:
-            try:
-                async with parts.clients.http.get(
-                    f"{url}/internal/metrics", headers=auth, timeout=timeout
-                ) as answer:
-                    return await answer.text() if answer.status == 200 else None
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-
-        answers = await asyncio.gather(*(fetch(url) for url in others.values()))
-        texts.update({i: text for i, text in zip(others, answers, strict=True) if text})
-    return merged(texts)
-
-
 def metrics_routes(engine: Engine[Any], projector: Projector[Any] | None) -> Router:
     """``GET /metrics`` in Prometheus' text exposition format (version 0.0.4)."""
     registry = metrics_registry(engine, projector)
@@ -279,9 +251,10 @@ def metrics_routes(engine: Engine[Any], projector: Projector[Any] | None) -> Rou
     @get("/metrics", include_in_schema=False)
     async def scrape() -> ASGIResponse:
         body = generate_latest(registry)
-        others = siblings()
-        if others:
-            body = await _with_siblings(engine, body, others)
+        others = await ask(engine, "/internal/metrics")
+        if others:  # a worker of several: the node's metrics are all of theirs
+            texts = {i: text for i, text in others.items() if text is not None}
+            body = merged({**texts, this_worker(): body.decode()})
         return ASGIResponse(body=body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return Router(path="/", route_handlers=[scrape])

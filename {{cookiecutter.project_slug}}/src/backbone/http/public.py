@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ from backbone.http.reads import (
     read_answer,
 )
 from backbone.http.reply import JsonReply
+from backbone.http.siblings import ask
 from backbone.ids import ID_RULE
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER
@@ -166,7 +168,8 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
     """``/health/live`` fails (503, with the reasons) once a task of the node died: the
     processor, the changelog reader, the routing table or the read model's projector.
     ``/health/ready`` says in ``reasons`` why the node is not ready, and adds a
-    ``read_model`` section: alive, failure, lag."""
+    ``read_model`` section: alive, failure, lag. A node of several workers answers for all of
+    them (``workers``: each other worker's status)."""
 
     def dead() -> list[str]:
         reasons = engine.liveness()
@@ -174,9 +177,24 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
             reasons.append(f"the read model projector died: {projector.failure}")
         return reasons
 
+    def status() -> dict[str, Any]:
+        status = engine.status()
+        if projector is not None:
+            status["read_model"] = projector.status()
+            if projector.failure is not None:
+                status["reasons"].append(f"the read model projector died: {projector.failure}")
+                status["ready"] = False
+        return status
+
+    _health[engine] = lambda: {"status": status(), "dead": dead()}
+
     @get("/live")
     async def live() -> Response[dict[str, Any]]:
         reasons = dead()
+        # A worker that does not answer is left to the supervisor, which starts it again.
+        for worker, health in (await _workers_health(engine)).items():
+            if health is not None:
+                reasons.extend(f"worker {worker}: {r}" for r in health["dead"])
         if reasons:
             body = {"status": "failed", "reason": "; ".join(reasons), "reasons": reasons}
             return Response(body, status_code=HTTP_503_SERVICE_UNAVAILABLE)
@@ -184,16 +202,37 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
 
     @get("/ready")
     async def ready() -> Response[dict[str, Any]]:
-        status = engine.status()
-        if projector is not None:
-            status["read_model"] = projector.status()
-            if projector.failure is not None:
-                status["reasons"].append(f"the read model projector died: {projector.failure}")
-                status["ready"] = False
-        code = 200 if status["ready"] else HTTP_503_SERVICE_UNAVAILABLE
-        return Response(status, status_code=code)
+        body = status()
+        others = await _workers_health(engine)
+        if others:
+            body["workers"] = {}
+            for worker, health in sorted(others.items()):
+                if health is None:
+                    body["reasons"].append(f"worker {worker} did not answer: it is starting")
+                    continue
+                body["workers"][worker] = health["status"]
+                body["reasons"].extend(f"worker {worker}: {r}" for r in health["status"]["reasons"])
+            body["ready"] = not body["reasons"]
+        code = 200 if body["ready"] else HTTP_503_SERVICE_UNAVAILABLE
+        return Response(body, status_code=code)
 
     return Router(path="/health", route_handlers=[live, ready])
+
+
+# Per engine, its health as the internal API serves it to the node's other workers.
+_health: weakref.WeakKeyDictionary[Engine[Any], Callable[[], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def own_health(engine: Engine[Any]) -> dict[str, Any]:
+    """This worker's ``status`` (as ``/health/ready``) and ``dead`` (as ``/health/live``)."""
+    return _health[engine]()
+
+
+async def _workers_health(engine: Engine[Any]) -> dict[str, dict[str, Any] | None]:
+    answers = await ask(engine, "/internal/worker-health")
+    return {w: None if text is None else msgspec.json.decode(text) for w, text in answers.items()}
 
 
 def admin_routes(engine: Engine[Any]) -> Router:
