@@ -126,4 +126,4 @@ def test_the_event_loop_turns_while_a_large_batch_is_folded(
         return started, ticks
 
     started, ticks = asyncio.run(fold_beside_a_ticker())
-    assert ticks - started == 2  # once at each of the fold's two pauses
+    assert ticks - started == 3  # once at each of the fold's two pauses, once at its end

@@ -348,7 +348,9 @@ class Processor:
 
 
 async def _folded(steps: Generator[None, None, BatchResult]) -> BatchResult:
-    """Run a fold, letting the event loop turn at each of its pauses."""
+    """Run a fold, letting the event loop turn at each of its pauses and at its end (a batch
+    of many partitions with few records each has no pauses in its folds)."""
     while (result := step(steps)) is None:
         await asyncio.sleep(0)
+    await asyncio.sleep(0)
     return result
