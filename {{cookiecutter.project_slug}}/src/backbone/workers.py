@@ -26,7 +26,7 @@ from backbone.settings import EngineSettings, SettingsError
 log = structlog.get_logger(__name__)
 
 # Set in each worker's environment: its index (a worker serves the shared public port), and
-# the internal URLs of all the node's workers, comma-separated (for its metrics).
+# the internal URLs of all the node's workers, comma-separated (backbone.http.siblings).
 WORKER_ENV = "BACKBONE_WORKER"
 WORKER_URLS_ENV = "BACKBONE_WORKER_URLS"
 # A worker that dies this soon after its start is taken as misconfigured (a port in use,
