@@ -18,8 +18,9 @@ partitions split between them as between nodes, and the figures add up as for ``
 The bare consumer is one process either way.
 
 ``--read-model on`` runs the node's SQL read model (SQLite under DATA_DIR, the service's
-default) too: the clock then stops when the read model has caught up as well (its lag in
-``/health/ready`` is 0), and its table is checked to hold one row per key.
+default; of several workers, worker 0 projects into it) too: the clock then stops when the
+read model has caught up as well (its lag in ``/health/ready`` is 0), and its table is
+checked to hold one row per key.
 """
 
 from __future__ import annotations
@@ -186,8 +187,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     read_model = args.read_model == "on"
-    if args.nodes < 1 or args.workers < 1 or (args.nodes * args.workers > 1 and read_model):
-        parser.error("--nodes and --workers must be 1 or more, and 1 with --read-model on")
+    if args.nodes < 1 or args.workers < 1 or (args.nodes > 1 and read_model):
+        parser.error("--nodes and --workers must be 1 or more, and --nodes 1 with --read-model on")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         work = Path(tmp)
         project = bake(work)

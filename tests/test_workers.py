@@ -50,6 +50,15 @@ def test_workers_of_a_node_without_an_internal_token_share_one_of_their_own() ->
     assert env["INTERNAL_TOKEN"] == "the-cluster-token-0123456789"
 
 
+def test_the_workers_of_a_node_share_its_sqlite_read_model() -> None:
+    node = settings(WORKERS="2", DATA_DIR="/var/data")
+    assert worker_env(node, 1, {})["READ_MODEL_URL"] == "sqlite:////var/data/readmodel.db"
+    postgres = settings(WORKERS="2", READ_MODEL_URL="postgresql+psycopg://rm@db/rm")
+    environ = {"READ_MODEL_URL": "postgresql+psycopg://rm@db/rm"}
+    assert worker_env(postgres, 1, environ)["READ_MODEL_URL"] == environ["READ_MODEL_URL"]
+    assert "READ_MODEL_URL" not in worker_env(settings(WORKERS="2", READ_MODEL="off"), 1, {})
+
+
 def test_an_internal_url_set_for_the_node_is_shifted_per_worker() -> None:
     node = settings(WORKERS="2", INTERNAL_URL="https://node-0.internal:9000")
     assert worker_env(node, 1, {})["INTERNAL_URL"] == "https://node-0.internal:9001"
@@ -82,6 +91,31 @@ def applied_by_worker(node: NodeProcess) -> dict[str, float]:
         for family in text_string_to_metric_families(answer.text)
         for sample in family.samples
         if sample.name == "backbone_events_applied_total"
+    }
+
+
+def projectors(node: NodeProcess) -> set[str]:
+    """The workers that run a read model projector, from one scrape of the shared port."""
+    answer = httpx.get(f"{node.url}/metrics", timeout=10).raise_for_status()
+    return {
+        sample.labels["worker"]
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+        if sample.name == "backbone_read_model_alive"
+    }
+
+
+def read_model_lag(node: NodeProcess) -> int | None:
+    """The node's read model lag, as ``/health/ready`` of the shared port reports it."""
+    section = (node.status() or {}).get("read_model")
+    return section.get("lag") if isinstance(section, dict) else None
+
+
+def listed(node: NodeProcess) -> dict[str, int]:
+    """Every customer's lifetime value, from one list request to the shared port."""
+    answer = httpx.get(f"{node.url}/customers", params={"limit": 1000}, timeout=10)
+    return {
+        row["id"]: row["lifetime_value_cents"] for row in answer.raise_for_status().json()["items"]
     }
 
 
@@ -147,12 +181,14 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
     events, reference = make_stream(keys=60, orders=1_500, seed=5)
     first, second = events[:900], events[900:]
     asyncio.run(produce_over_time(kafka_brokers, service.topic, first, 300, 0))
-    node = service.node(0, WORKERS="2", STANDBY_REPLICAS="0").start()
+    node = service.node(0, WORKERS="2", STANDBY_REPLICAS="0", READ_MODEL="on").start()
     try:
         seen = wait_until(lambda: all_ready(node), 90, "both workers ready, all partitions")
         assert sorted(seen) == ["node-0-0", "node-0-1"]
         assert all(s["active"] for s in seen.values()), "each worker holds partitions"
-        assert {p.name for p in node.data_dir.iterdir()} == {"worker-0", "worker-1"}
+        # One read model for the node, beside the workers' directories, none in them.
+        assert {"worker-0", "worker-1", "readmodel.db"} <= {p.name for p in node.data_dir.iterdir()}
+        assert not list(node.data_dir.glob("worker-*/readmodel.db*"))
         workers = workers_of(node)
         assert sorted(workers) == ["0", "1"]
         # Any worker that takes the scrape answers for both; each event was applied once.
@@ -195,6 +231,12 @@ def test_two_workers_split_the_partitions_survive_sigkill_and_die_with_the_node(
         wait_until(lambda: all_ready(node), 90, "both workers ready again")
         # Each key is answered through the shared port, whichever worker owns it.
         assert wait_until(lambda: aggregates_match(node, reference), 60, "the reference")
+        # Worker 0 alone projects; every list, from whichever worker takes it, has every row.
+        wait_until(lambda: read_model_lag(node) == 0, 90, "the read model caught up")
+        assert projectors(node) == {"0"}
+        for _ in range(6):
+            assert listed(node) == {k: total for k, (total, _) in reference.items()}
+        assert not list(node.data_dir.glob("worker-*/readmodel.db*"))
 
         # SIGKILL of the node takes its workers with it: no orphan holds the stores.
         workers = workers_of(node)

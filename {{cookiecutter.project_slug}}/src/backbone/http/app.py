@@ -19,6 +19,7 @@ from backbone.http.public import (
     read_model_routes,
     slash_in_id_handler,
 )
+from backbone.http.siblings import this_worker
 from backbone.kafka_connection import kafka_connection
 from backbone.node.engine import Engine
 from backbone.observability import configure_logging, configure_tracing, log_refusals
@@ -52,9 +53,11 @@ def create_app(service: Service[Any], settings: EngineSettings) -> Litestar:
         def sources() -> list[ChangelogSource]:
             return engine.generations.changelog_sources(engine.topics, engine.generation)
 
-        projector = Projector(kafka_connection(settings), sources, model)
-        register_metrics(projector)
-        services.append(projector)
+        # One projector per node: of several workers, worker 0's; they share its database.
+        if this_worker() == "0":
+            projector = Projector(kafka_connection(settings), sources, model)
+            register_metrics(projector)
+            services.append(projector)
         route_handlers.append(read_model_routes(model, service.plural))
         filters = model.filters()
     route_handlers.append(health_routes(engine, projector))

@@ -169,7 +169,8 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
     processor, the changelog reader, the routing table or the read model's projector.
     ``/health/ready`` says in ``reasons`` why the node is not ready, and adds a
     ``read_model`` section: alive, failure, lag. A node of several workers answers for all of
-    them (``workers``: each other worker's status)."""
+    them (``workers``: each other worker's status; ``read_model``: worker 0's, which projects
+    for the node)."""
 
     def dead() -> list[str]:
         reasons = engine.liveness()
@@ -211,6 +212,8 @@ def health_routes(engine: Engine[Any], projector: Projector[Any] | None = None) 
                     body["reasons"].append(f"worker {worker} did not answer: it is starting")
                     continue
                 body["workers"][worker] = health["status"]
+                if "read_model" in health["status"]:  # worker 0's: the node's read model
+                    body.setdefault("read_model", health["status"]["read_model"])
                 body["reasons"].extend(f"worker {worker}: {r}" for r in health["status"]["reasons"])
             body["ready"] = not body["reasons"]
         code = 200 if body["ready"] else HTTP_503_SERVICE_UNAVAILABLE

@@ -149,17 +149,22 @@ class Tables:
 
 
 def database_url(settings: EngineSettings) -> str:
-    """READ_MODEL_URL, else SQLite under DATA_DIR (made if missing)."""
-    if settings.read_model_url:
-        return settings.read_model_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{settings.data_dir / 'readmodel.db'}"
+    """READ_MODEL_URL, else SQLite under DATA_DIR."""
+    return settings.read_model_url or sqlite_url(settings.data_dir)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'readmodel.db'}"
 
 
 def create_engine(url: str) -> sa.Engine:
-    """SQLite in WAL mode: readers (list requests, a rebuild) never wait for the projector."""
+    """SQLite in WAL mode: readers (list requests, a rebuild) never wait for the projector.
+    A SQLite file's directory is made if missing."""
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
+    file = sa.make_url(url).database
+    if file and file != ":memory:":
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 60})
 
     @sa.event.listens_for(engine, "connect")
