@@ -330,7 +330,8 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
             "processes of this node, one per core it may use: each is a member of the group "
             "with its own share of the partitions, store directory `DATA_DIR/worker-<i>`, "
             "`NODE_ID` `<NODE_ID>-<i>` and internal port `INTERNAL_PORT`+i; they share the "
-            "public port and `NODE_HOST`. One process runs one handler at a time",
+            "public port, `NODE_HOST` and the read model, which worker 0 projects. One process "
+            "runs one handler at a time",
             ge=1,
             le=64,
         ),
