@@ -227,3 +227,13 @@ def test_keyset_pagination_returns_every_row_once_in_order(url: str) -> None:  #
     assert pages({"n": "2"}, 37) == sorted(k for i, k in enumerate(keys) if i % 3 == 2)
     assert pages({}, 1234) == sorted(keys)
     model.close()
+
+
+def test_a_sqlite_read_model_makes_its_missing_directory(tmp_path: Path) -> None:
+    # The workers of a node open DATA_DIR/readmodel.db before any of them made DATA_DIR.
+    where = tmp_path / "node" / "data" / "readmodel.db"
+    model = ReadModel(f"sqlite:///{where}", projection(None, "v1"), Place)
+    model.apply_batch("t", {0: [place(0, "k-1", 1)]})
+    assert [row["id"] for row in model.query({}, 10, None)] == ["k-1"]
+    assert where.is_file()
+    model.close()
