@@ -55,11 +55,11 @@ def worker_env(
     if not settings.internal_token and token:
         env["INTERNAL_TOKEN"] = token
     if settings.read_model and not settings.read_model_url:
-        from backbone.readmodel.model import sqlite_url
+        from backbone.readmodel.model import database_url
 
         # The node's SQLite database, not one per worker: worker 0 projects into it and
         # every worker lists from it (backbone.http.app).
-        env["READ_MODEL_URL"] = sqlite_url(settings.data_dir)
+        env["READ_MODEL_URL"] = database_url(settings)
     urls = [_shifted(settings.internal_url, i) for i in range(settings.workers)]
     env.update({"INTERNAL_URL": urls[index], WORKER_URLS_ENV: ",".join(urls)})
     return env

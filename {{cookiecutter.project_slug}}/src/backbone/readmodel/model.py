@@ -150,11 +150,7 @@ class Tables:
 
 def database_url(settings: EngineSettings) -> str:
     """READ_MODEL_URL, else SQLite under DATA_DIR."""
-    return settings.read_model_url or sqlite_url(settings.data_dir)
-
-
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'readmodel.db'}"
+    return settings.read_model_url or f"sqlite:///{settings.data_dir / 'readmodel.db'}"
 
 
 def create_engine(url: str) -> sa.Engine:
