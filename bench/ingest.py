@@ -122,7 +122,9 @@ def main() -> int:
                 node = NodeProcess("customer_backbone", "node-0", work, env).start()
             try:
                 node.wait_ready(120)
-                wait_until(lambda: points(node.url, keys) == 0, 120, "every key registered")
+                wait_until(
+                    lambda: points(node.url, keys) == 0, 120, "every key registered", 0.1, [node]
+                )
                 posts = [(f"/{PLURAL}/{key}/events", POINT) for key in keys]
                 headers = {"content-type": "application/json"}
                 accepted = in_flight = 0
@@ -168,7 +170,7 @@ def main() -> int:
                     return applied is not None and applied >= accepted
 
                 started = time.monotonic()
-                wait_until(caught_up, 300, "every accepted POST to be applied")
+                wait_until(caught_up, 300, "every accepted POST to be applied", 0.1, [node])
                 assert applied is not None
                 if applied > accepted + in_flight:
                     raise AssertionError(

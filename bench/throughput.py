@@ -249,7 +249,7 @@ def main() -> int:
                     section = ready(nodes[0]).get("read_model")
                     return isinstance(section, dict) and section.get("lag") == 0
 
-                wait_until(lambda: processed() >= args.events, 1800, "the last event", every=0.05)
+                wait_until(lambda: processed() >= args.events, 1800, "the last event", 0.05, nodes)
                 final = statuses()
                 assert len(final) == args.nodes * args.workers, [b["node"] for b in final]
                 applied = [body["applied"] for body in final]
@@ -260,7 +260,7 @@ def main() -> int:
                 checked = check_sample(nodes[0].url, reference)
                 extra: dict[str, object] = {}
                 if read_model:
-                    wait_until(caught_up, 1800, "the read model's lag at 0", every=0.02)
+                    wait_until(caught_up, 1800, "the read model's lag at 0", 0.02, nodes)
                     with_read_model = time.monotonic() - first
                     db = sqlite3.connect(nodes[0].data_dir / "readmodel.db")
                     rows = db.execute("SELECT count(*) FROM customers").fetchone()[0]

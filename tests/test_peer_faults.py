@@ -28,7 +28,8 @@ import uvicorn
 import xxhash
 from litestar.testing import TestClient
 
-from backbone.dev.cluster import free_port, wait_until
+from backbone.dev.cluster import wait_until
+from backbone.dev.ports import free_port
 from backbone.http.internal import internal_app
 from backbone.repartition.plan import Generation
 from backbone.settings import EngineSettings

@@ -4,38 +4,44 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 import httpx
 
+from backbone.dev.ports import free_port, free_ports
+
 T = TypeVar("T")
 
 
 def wait_until(
-    check: Callable[[], T], timeout: float = 60.0, what: str = "a condition", every: float = 0.1
+    check: Callable[[], T],
+    timeout: float = 60.0,
+    what: str = "a condition",
+    every: float = 0.1,
+    nodes: Iterable[NodeProcess] = (),
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline,
+    or at once when one of ``nodes`` (those that must live meanwhile) has exited."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
+        for node in nodes:
+            if not node.alive():
+                raise RuntimeError(
+                    f"node {node.name} exited while waiting for {what}; its log ends:\n"
+                    f"{node.log_tail()}"
+                )
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NodeProcess:
@@ -58,7 +64,8 @@ class NodeProcess:
         self.faults = dict(faults) if faults is not None else None
         self.name = name
         self.port = port or free_port()
-        self.internal_port = free_port()
+        # A worker i of WORKERS listens on INTERNAL_PORT + i.
+        self.internal_port = free_ports(1, span=int(env.get("WORKERS", "1")))[0]
         self.data_dir = workdir / name / "data"
         self.log_path = workdir / name / "node.log"
         self.env = {

@@ -39,6 +39,8 @@ from typing import IO, Self, TypedDict
 from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 
+from backbone.dev.ports import free_ports
+
 DEFAULT_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
 STOP_GRACE_S = 20.0
@@ -190,18 +192,6 @@ def ensure_jars(version: str | None = None) -> Path:
     return lib
 
 
-def _free_ports(n: int) -> list[int]:
-    # All sockets are held open together so the n ports differ from each other.
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _cluster_id() -> str:
     # Kafka's Uuid text form; generated here to save a JVM start of `StorageTool random-uuid`.
     while True:
@@ -332,7 +322,7 @@ class LocalKafka:
             raise LocalKafkaError(f"a cluster is already running in {self.workdir}; stop it first")
         check_java()
         ensure_jars(self.version)
-        n, ports, cluster_id = self.nodes, _free_ports(3 * self.nodes), _cluster_id()
+        n, ports, cluster_id = self.nodes, free_ports(3 * self.nodes), _cluster_id()
         nodes = [
             _Node(
                 id=i,
