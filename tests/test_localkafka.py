@@ -8,9 +8,11 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from backbone.dev import localkafka
 from backbone.dev.cluster import wait_until
 from backbone.dev.localkafka import LocalKafka
 
@@ -74,11 +76,16 @@ def java_alive(pid: int) -> bool:
         return False
 
 
-def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -> None:
+def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     kafka = LocalKafka(tmp_path / "kafka", nodes=3)
+    address = ["address", "--dir", str(tmp_path / "kafka")]
     brokers = kafka.start(timeout=90)  # stops what it started if it fails
     try:
         assert len(brokers.split(",")) == 3
+        assert localkafka.main(address) == 0  # what a second terminal asks for
+        assert capsys.readouterr().out == brokers + "\n"
         state = json.loads((tmp_path / "kafka" / "cluster.json").read_text())
         pids = [node["pid"] for node in state["nodes"]]
         assert all(java_alive(pid) for pid in pids)
@@ -97,3 +104,7 @@ def test_three_nodes_replicate_survive_a_kill_and_stop_cleanly(tmp_path: Path) -
     finally:
         kafka.stop()
     assert not any(java_alive(pid) for pid in pids)
+    assert localkafka.main(address) == 1
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert "no cluster is running in" in said.err and "localkafka start" in said.err

@@ -1,6 +1,7 @@
 """A real local Apache Kafka cluster (KRaft, 1 or 3 nodes on 127.0.0.1) for tests, demo, benchmarks.
 
     python -m backbone.dev.localkafka start [--nodes 1|3] [--sasl-ssl] [--dir .kafka] [--timeout 90]
+    python -m backbone.dev.localkafka address [--dir .kafka]
     python -m backbone.dev.localkafka stop [--dir .kafka] [--wipe]
     python -m backbone.dev.localkafka jars
 
@@ -279,6 +280,16 @@ class LocalKafka:
             raise LocalKafkaError(f"no cluster started in {self.workdir}")
         return state["brokers"]
 
+    def running_brokers(self) -> str:
+        """``brokers`` of a cluster with a live node, for a shell that did not start it."""
+        state = self._load()
+        if state is None or not any(self._alive(n) for n in state["nodes"]):
+            raise LocalKafkaError(
+                f"no cluster is running in {self.workdir}: start one with "
+                "`python -m backbone.dev.localkafka start`"
+            )
+        return state["brokers"]
+
     @property
     def sasl_ssl(self) -> SaslSsl:
         """The SASL_SSL listeners, their CA and user (a cluster started with ``sasl_ssl``)."""
@@ -477,6 +488,7 @@ class LocalKafka:
             with contextlib.suppress(OSError):
                 self.workdir.rmdir()
             self._state = None
+        _say(f"stopped {len(state['nodes'])} broker(s)" + (", files deleted" if wipe else ""))
 
     def __enter__(self) -> Self:
         self.start()
@@ -498,15 +510,18 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument(
         "--sasl-ssl", action="store_true", help="add SASL_SSL listeners (see cluster.json)"
     )
+    address = sub.add_parser("address", help="print the bootstrap address of the running brokers")
     stop = sub.add_parser("stop", help="stop the brokers started in --dir")
     stop.add_argument("--wipe", action="store_true", help="also delete the nodes' data and logs")
-    for p in (start, stop):
+    for p in (start, address, stop):
         p.add_argument("--dir", type=Path, default=Path(".kafka"), help="work dir (.kafka)")
     sub.add_parser("jars", help="only fetch Kafka's jars into the cache")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
             print(LocalKafka(args.dir, args.nodes, sasl_ssl=args.sasl_ssl).start(args.timeout))
+        elif args.command == "address":
+            print(LocalKafka(args.dir).running_brokers())
         elif args.command == "stop":
             LocalKafka(args.dir).stop(wipe=args.wipe)
         else:
