@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from test_readmodel_epochs import Record, epoch_header, url  # noqa: F401 (fixture)
 
@@ -127,8 +128,19 @@ def test_a_migration_adds_a_column_to_a_populated_database(url: str, tmp_path: P
     generated = (scripts / "versions" / "rev_0002_add_city.py").read_text()
     assert "add_column" in generated and "city" in generated
 
-    upgraded = ReadModel(url, projection(scripts, "v2"), Place)  # a node starts: upgrade
+    with structlog.testing.capture_logs() as logs:
+        upgraded = ReadModel(url, projection(scripts, "v2"), Place)  # a node starts: upgrade
     assert current_revisions(upgraded.engine)["service"] == "0002"
+    said = [e for e in logs if e["event"] == "read_model_upgraded"]
+    assert said == [
+        {
+            "event": "read_model_upgraded",
+            "log_level": "info",
+            "environment": "service",
+            "from_revision": "0001",
+            "to_revision": "0002",
+        }
+    ]
     rows = all_rows(upgraded)
     assert len(rows) == 50 and rows["p-7"] == {"id": "p-7", "n": 7, "city": ""}
     upgraded.apply("t", 0, [place(50, "p-7", 8, "Lyon"), place(51, "p-new", 1, "Oslo")])

@@ -249,6 +249,12 @@ def test_sigkill_and_restart_loses_nothing_and_applies_nothing_twice(
         aggregate_id: wait_for(reaches(restarted, aggregate_id), what=f"{aggregate_id} to catch up")
         for aggregate_id in ids
     }
+    for aggregate_id, state in actual.items():
+        unknown = sorted(state.keys() - expected[aggregate_id].keys())
+        assert not unknown, (
+            f"the service's {aggregate_id} has fields that reference_fold does not make: "
+            f"{unknown}. Teach reference_fold the aggregate's new fields and events"
+        )
     assert actual == expected
 
 

@@ -139,21 +139,35 @@ def upgrade(engine: sa.Engine, projection: Projection[Any]) -> None:
     with engine.connect() as conn:
         _lock(conn)
         _stamp_legacy(conn, projection)
+        before = _revisions(conn)
         command.upgrade(alembic_config(ENGINE_MIGRATIONS, conn), "head")
         if projection.migrations is not None:
             command.upgrade(alembic_config(projection.migrations, conn), "head")
         else:  # a projection without migrations (tests): the table as declared
             projection.table.metadata.create_all(conn, tables=[projection.table])
+        after = _revisions(conn)
         conn.commit()
+    for environment, revision in after.items():
+        if revision != before[environment]:
+            log.info(
+                "read_model_upgraded",
+                environment=environment,
+                from_revision=before[environment],
+                to_revision=revision,
+            )
 
 
 def current_revisions(engine: sa.Engine) -> dict[str, str | None]:
     """The revision each environment's version table holds (None: not migrated)."""
+    with engine.connect() as conn:
+        return _revisions(conn)
+
+
+def _revisions(conn: sa.Connection) -> dict[str, str | None]:
     from alembic.runtime.migration import MigrationContext
 
     heads: dict[str, str | None] = {}
-    with engine.connect() as conn:
-        for name, table in (("engine", ENGINE_VERSION_TABLE), ("service", SERVICE_VERSION_TABLE)):
-            migration = MigrationContext.configure(conn, opts={"version_table": table})
-            heads[name] = migration.get_current_revision()
+    for name, table in (("engine", ENGINE_VERSION_TABLE), ("service", SERVICE_VERSION_TABLE)):
+        migration = MigrationContext.configure(conn, opts={"version_table": table})
+        heads[name] = migration.get_current_revision()
     return heads
