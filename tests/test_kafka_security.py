@@ -3,6 +3,7 @@ refuses to start, saying why, with a wrong password or an unknown CA."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,18 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+import structlog
 
 from backbone.dev.cluster import NodeProcess, wait_until
 from backbone.dev.localkafka import LocalKafka, make_pki
-from backbone.kafka_connection import KafkaConnection, _refusal, kafka_connection
+from backbone.dev.ports import free_port
+from backbone.kafka_connection import (
+    KafkaAccessError,
+    KafkaConnection,
+    _refusal,
+    check_kafka,
+    kafka_connection,
+)
 from backbone.settings import EngineSettings, SettingsError
 
 from clustertools import Service, new_service
@@ -107,6 +116,18 @@ def test_a_certificate_for_another_host_is_named_as_such() -> None:
     reason = _refusal(KafkaConnection("10.0.0.1:9093"), "10.0.0.1:9093", mismatch)
     assert reason is not None and "its certificate does not name this host" in reason
     assert "KAFKA_BOOTSTRAP_SERVERS" in reason
+
+
+def test_brokers_that_never_answer_stop_the_node_in_words() -> None:
+    port = free_port()  # nothing listens there
+    connection = KafkaConnection(f"127.0.0.1:{port}")
+    with structlog.testing.capture_logs() as logs, pytest.raises(KafkaAccessError) as refusal:
+        asyncio.run(check_kafka(connection, timeout_s=1.0, retry_s=0.1))
+    said = str(refusal.value)
+    assert said.startswith(f"no broker of KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port} answered in 1 s")
+    assert "Start Kafka, or set KAFKA_BOOTSTRAP_SERVERS" in said
+    events = [e["event"] for e in logs]
+    assert events == ["waiting_for_kafka", "kafka_unreachable"], logs
 
 
 def settings(**env: str) -> EngineSettings:

@@ -269,3 +269,25 @@ def test_a_worker_that_fails_at_its_start_stops_the_node_with_a_reason(
     assert code != 0
     log = node.log_path.read_text()
     assert "workers_stopping" in log and "exited" in log
+    # The worker's own reason, in words: the setting, the port and what to do.
+    assert f"error: HTTP_PORT={port} on 127.0.0.1 cannot be used: Address already in use" in log
+    assert "give this node another HTTP_PORT" in log and "Traceback" not in log
+
+
+def test_a_node_whose_port_is_taken_stops_at_once_in_words(bake: Any, tmp_path: Path) -> None:
+    """Before it touches Kafka: the brokers here are never asked."""
+    project = bake()
+    env = {"PYTHONPATH": str(project / "src"), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = NodeProcess("customer_backbone", "twice", tmp_path, env)
+        node.env["INTERNAL_PORT"] = str(port)
+        node.start()
+        assert node.proc is not None
+        code = node.proc.wait(timeout=60)
+    log = node.log_path.read_text()
+    assert code == 2, log
+    assert f"error: INTERNAL_PORT={port} on 127.0.0.1 cannot be used" in log, log
+    assert "Traceback" not in log and "waiting_for_kafka" not in log, log

@@ -33,13 +33,14 @@ if TYPE_CHECKING:
 def _run(service: Service[Any], _: argparse.Namespace) -> int:
     from backbone.http.hot_routes import HotRoutes
     from backbone.http.internal import internal_app
-    from backbone.http.serve import serve
+    from backbone.http.serve import listen, serve
     from backbone.observability import tracing_on
 
     settings = service.settings()
     if settings.workers > 1 and WORKER_ENV not in os.environ:
         configure_logging(settings.log_level)
         return Supervisor(settings, [sys.executable, *sys.orig_argv[1:]], os.environ).run()
+    listeners = listen(settings)
     app = service.app(settings)
     # Refused credentials or certificates end the node here, in words, before any client
     # would retry them.
@@ -50,7 +51,7 @@ def _run(service: Service[Any], _: argparse.Namespace) -> int:
     # A traced node keeps Litestar's path: its OpenTelemetry middleware makes the spans.
     public = app if tracing_on() else HotRoutes(app, engine, service.plural)
     # uvloop: its transports spend far less CPU per HTTP answer and Kafka request.
-    uvloop.run(serve(public, internal_app(engine), settings, engine.hand_off))
+    uvloop.run(serve(public, internal_app(engine), settings, engine.hand_off, listeners))
     return 0
 
 

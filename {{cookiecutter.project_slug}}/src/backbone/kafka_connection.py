@@ -3,6 +3,7 @@ first contact that says in words why brokers refuse this node."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,31 +89,51 @@ def _ssl_context(settings: EngineSettings) -> ssl.SSLContext:
     return context
 
 
-async def check_kafka(connection: KafkaConnection, timeout_s: float = 30.0) -> None:
+async def check_kafka(
+    connection: KafkaConnection, timeout_s: float = 30.0, retry_s: float = 1.0
+) -> None:
     """Open one connection to the first broker that answers, TLS and SASL included. Raises
-    ``KafkaAccessError`` when a broker refuses this node's certificate check or credentials;
-    unreachable brokers are left to the clients, which wait for them."""
-    for address in connection.brokers.split(","):
-        host, _, port = address.strip().rpartition(":")
-        try:
-            conn = await create_conn(
-                host.strip("[]"),
-                int(port),
-                request_timeout_ms=int(timeout_s * 1000),
-                ssl_context=connection.ssl_context,
-                security_protocol=connection.security_protocol,
-                sasl_mechanism=connection.sasl_mechanism,
-                sasl_plain_username=connection.sasl_username,
-                sasl_plain_password=connection.sasl_password,
+    ``KafkaAccessError`` when a broker refuses this node's certificate check or credentials,
+    or when none has answered for ``timeout_s`` (a node started a little before its brokers
+    waits for them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    waiting, last = False, ""
+    while True:
+        for address in connection.brokers.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                conn = await create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    request_timeout_ms=int(max(deadline - loop.time(), 1.0) * 1000),
+                    ssl_context=connection.ssl_context,
+                    security_protocol=connection.security_protocol,
+                    sasl_mechanism=connection.sasl_mechanism,
+                    sasl_plain_username=connection.sasl_username,
+                    sasl_plain_password=connection.sasl_password,
+                )
+            except (TimeoutError, OSError, KafkaError) as exc:
+                refusal = _refusal(connection, address.strip(), exc)
+                if refusal is not None:
+                    log.error("kafka_refused", broker=address.strip(), reason=refusal)
+                    raise KafkaAccessError(refusal) from None
+                last = f"{address.strip()}: {exc or type(exc).__name__}"
+                continue
+            conn.close()
+            return
+        if loop.time() >= deadline:
+            reason = (
+                f"no broker of KAFKA_BOOTSTRAP_SERVERS={connection.brokers} answered in "
+                f"{timeout_s:.0f} s (last: {last}). Start Kafka, or set KAFKA_BOOTSTRAP_SERVERS "
+                "to its brokers' host:port"
             )
-        except (TimeoutError, OSError, KafkaError) as exc:
-            refusal = _refusal(connection, address.strip(), exc)
-            if refusal is not None:
-                log.error("kafka_refused", broker=address.strip(), reason=refusal)
-                raise KafkaAccessError(refusal) from None
-            continue
-        conn.close()
-        return
+            log.error("kafka_unreachable", reason=reason)
+            raise KafkaAccessError(reason)
+        if not waiting:
+            log.warning("waiting_for_kafka", brokers=connection.brokers, last=last)
+            waiting = True
+        await asyncio.sleep(min(retry_s, max(deadline - loop.time(), 0.0)))
 
 
 def _refusal(connection: KafkaConnection, address: str, exc: BaseException) -> str | None:

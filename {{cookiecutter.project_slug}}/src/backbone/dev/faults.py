@@ -135,10 +135,14 @@ def cancel_on_signal(names: str) -> None:
                 task.cancel()
 
     async def serve_and_cancel(
-        public: Any, internal: Any, settings: EngineSettings, on_stop: Callable[[], object]
+        public: Any,
+        internal: Any,
+        settings: EngineSettings,
+        on_stop: Callable[[], object],
+        listeners: serving.Listeners,
     ) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, cancel)
-        await serve(public, internal, settings, on_stop)
+        await serve(public, internal, settings, on_stop, listeners)
 
     serving.serve = serve_and_cancel
 

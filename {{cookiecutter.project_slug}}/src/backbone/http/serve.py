@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 
 from backbone.http.coalesce import CoalescingHttpTools
-from backbone.settings import EngineSettings
+from backbone.settings import EngineSettings, SettingsError
 from backbone.workers import WORKER_ENV
 
 
@@ -43,8 +43,25 @@ def _config(
     )
 
 
+Listeners = tuple[socket.socket, socket.socket]
+
+
+def listen(settings: EngineSettings) -> Listeners:
+    """The public and internal sockets, bound before the node starts anything: a port in
+    use stops it in words. The workers of a node share the public one (backbone.workers)."""
+    shared = WORKER_ENV in os.environ
+    return (
+        _bound(settings.http_host, settings.http_port, "HTTP_PORT", shared=shared),
+        _bound(settings.http_host, settings.internal_port, "INTERNAL_PORT", shared=False),
+    )
+
+
 async def serve(
-    public: Any, internal: Any, settings: EngineSettings, on_stop: Callable[[], object]
+    public: Any,
+    internal: Any,
+    settings: EngineSettings,
+    on_stop: Callable[[], object],
+    listeners: Listeners,
 ) -> None:
     """Until SIGTERM or SIGINT, which calls ``on_stop`` at once (the engine's handoff)."""
     tls: dict[str, Any] = {}
@@ -71,21 +88,28 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    shared = None
-    if WORKER_ENV in os.environ:
-        shared = [_shared_socket(settings.http_host, settings.http_port)]
-    tasks = {asyncio.create_task(front.serve(shared)), asyncio.create_task(back.serve())}
+    front_socket, back_socket = listeners
+    tasks = {
+        asyncio.create_task(front.serve([front_socket])),
+        asyncio.create_task(back.serve([back_socket])),
+    }
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     front.should_exit = back.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _shared_socket(host: str, port: int) -> socket.socket:
-    """The public port of a node's workers (backbone.workers): each binds it, and the kernel
-    spreads the connections over them."""
+def _bound(host: str, port: int, setting: str, *, shared: bool) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    if shared:  # each worker binds it, and the kernel spreads the connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(
+            f"{setting}={port} on {host} cannot be used: {exc.strerror}. Another node or "
+            f"program listens there: stop it, or give this node another {setting}"
+        ) from None
     return sock
