@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import sqlalchemy as sa
 import structlog
 from alembic import command
 from test_readmodel_epochs import Record, epoch_header, url  # noqa: F401 (fixture)
 
 from backbone.codec import AggregateCodec
-from backbone.readmodel import Projection, ReadModel
+from backbone.readmodel import Projection, ReadModel, ReadModelUnavailableError
 from backbone.readmodel.schema import alembic_config, current_revisions
 
 
@@ -249,3 +250,18 @@ def test_a_sqlite_read_model_makes_its_missing_directory(tmp_path: Path) -> None
     assert [row["id"] for row in model.query({}, 10, None)] == ["k-1"]
     assert where.is_file()
     model.close()
+
+
+def test_a_table_without_a_declared_column_answers_lists_in_words(url: str, tmp_path: Path) -> None:  # noqa: F811
+    """readmodel.py declares a column that no migration added: lists say so, and what to do."""
+    scripts = migrations(tmp_path, "v1")
+    ReadModel(url, projection(scripts, "v1"), Place).close()
+    model = ReadModel(url, projection(scripts, "v2"), Place)  # the column, not its migration
+    try:
+        with pytest.raises(ReadModelUnavailableError) as failed:
+            model.query({"city": "Oslo"}, limit=10)
+    finally:
+        model.close()
+    said = str(failed.value)
+    assert said.startswith("the read model cannot answer: ")
+    assert "city" in said and "Add a migration (alembic revision --autogenerate)" in said

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import Parameter, RawBody
@@ -36,8 +37,10 @@ from backbone.http.siblings import ask
 from backbone.ids import ID_RULE
 from backbone.node.engine import Engine
 from backbone.node.queries import FORWARDED_HEADER
-from backbone.readmodel import Projector, QueryError, ReadModel
+from backbone.readmodel import Projector, QueryError, ReadModel, ReadModelUnavailableError
 from backbone.repartition.gate import WritesPausedError
+
+log = structlog.get_logger(__name__)
 
 EVENTS_PATH = "/{aggregate_id:str}/events"
 
@@ -295,6 +298,11 @@ def read_model_routes(model: ReadModel[Any], plural: str) -> Router:
             items = await asyncio.to_thread(model.query, params, rows, after)
         except QueryError as exc:
             raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        except ReadModelUnavailableError as exc:
+            log.error("read_model_query_failed", error=str(exc))
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=RETRY
+            ) from None
         last = items[-1][model.live.key] if len(items) == rows else None
         return {"items": items, "limit": rows, "next": None if last is None else str(last)}
 

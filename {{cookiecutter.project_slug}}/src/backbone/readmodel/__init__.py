@@ -11,6 +11,7 @@ from backbone.readmodel.model import (
     Projection,
     QueryError,
     ReadModel,
+    ReadModelUnavailableError,
 )
 from backbone.readmodel.projector import Projector
 
@@ -21,4 +22,5 @@ __all__ = [
     "Projector",
     "QueryError",
     "ReadModel",
+    "ReadModelUnavailableError",
 ]

@@ -48,6 +48,11 @@ class QueryError(ValueError):
     """A list query names an unknown column or a value of the wrong type."""
 
 
+class ReadModelUnavailableError(RuntimeError):
+    """The database cannot answer a list query: it is down, or its table is not the one
+    ``readmodel.py`` declares."""
+
+
 @dataclass(frozen=True)
 class Projection(Generic[A]):
     table: sa.Table
@@ -352,8 +357,20 @@ class ReadModel(Generic[A]):
         if after is not None:
             stmt = stmt.where(key > self._value(self._key, after))
         stmt = stmt.order_by(key).limit(limit)
-        with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(stmt)]
+        try:
+            with self.engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(stmt)]
+        except sa.exc.DBAPIError as exc:
+            cause = str(exc.orig).splitlines()[0]
+            hint = ""
+            if "no such column" in cause or "does not exist" in cause:
+                hint = (
+                    ": the table lacks a column of readmodel.py. Add a migration (alembic "
+                    "revision --autogenerate) and start the node again"
+                )
+            raise ReadModelUnavailableError(
+                f"the read model cannot answer: {cause}{hint}"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
