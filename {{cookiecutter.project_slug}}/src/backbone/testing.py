@@ -1,5 +1,5 @@
 """The in-process test driver for handler unit tests (``backbone.dev.driver``)."""
 
-from backbone.dev.driver import Record, TestDriver
+from backbone.dev.driver import HandlerError, Record, TestDriver
 
-__all__ = ["Record", "TestDriver"]
+__all__ = ["HandlerError", "Record", "TestDriver"]

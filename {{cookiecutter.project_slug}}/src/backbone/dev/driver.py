@@ -3,6 +3,11 @@
 with TestDriver(DOMAIN) as driver:
     driver.send("c-1", CustomerRegistered(name="Ada", email="ada@example.com"))
     assert driver.get("c-1").name == "Ada"
+
+A handler that raises (anything but ``DomainError``) or returns something other than the
+aggregate is a bug: the driver raises ``HandlerError`` with the engine's words, where a node
+would send the event to the DLQ as ``handler_error``. ``TestDriver(DOMAIN, strict=False)``
+collects it in ``dead_letters`` like any other, for a test of that path.
 """
 
 from __future__ import annotations
@@ -37,10 +42,20 @@ class Record:
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
 
 
+class HandlerError(AssertionError):
+    """A handler failed on an event: what a node would dead-letter as ``handler_error``."""
+
+
 class TestDriver(Generic[A]):
     __test__ = False  # not a pytest test class
 
-    def __init__(self, domain: Domain[A], partitions: int = 1, data_dir: Path | None = None):
+    def __init__(
+        self,
+        domain: Domain[A],
+        partitions: int = 1,
+        data_dir: Path | None = None,
+        strict: bool = True,
+    ):
         self._tmp = (
             tempfile.TemporaryDirectory(prefix="backbone-test-") if data_dir is None else None
         )
@@ -49,6 +64,7 @@ class TestDriver(Generic[A]):
         self.applier = BatchApplier(domain)
         self.stores = StoreRegistry(root, domain.name)
         self.partitions = partitions
+        self.strict = strict
         self.topic = f"{domain.name}.events"
         self._next_offset: defaultdict[int, int] = defaultdict(int)
         self.emitted: list[tuple[str, Event]] = []
@@ -76,6 +92,14 @@ class TestDriver(Generic[A]):
         self.dead_letters.extend(result.dead)
         for emitted in result.emitted:
             self.emitted.append((emitted.key.decode(), self.applier.events.decode(emitted.value)))
+        failed = [d for d in result.dead if d.reason == "handler_error"] if self.strict else []
+        if failed:
+            record = failed[0].record
+            raise HandlerError(
+                f"{failed[0].error} (aggregate {record.key!r}, offset {record.offset}); a node "
+                "would send it to the DLQ as handler_error. TestDriver(..., strict=False) "
+                "collects it in dead_letters instead"
+            )
 
     def get(self, aggregate_id: str) -> A | None:
         key = aggregate_id.encode()
