@@ -365,6 +365,20 @@ def test_a_changelog_from_elsewhere_fails_the_partition(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_a_failed_partition_is_named_with_its_failure_for_reads(tmp_path: Path) -> None:
+    """What a read of its keys answers (503 without retry-after): the operator's reason."""
+
+    async def scenario(ports: FakePorts) -> None:
+        ports.restore_error = ChangelogMismatchError("the changelog was recreated")
+        held = PartitionSet(ports, 8)
+        held.assign({P}, set())
+        await until(lambda: held.failure(P) is not None, "the failure")
+        assert held.failure(P) == f"partition {P}: the changelog was recreated"
+        assert held.failure(P + 1) is None  # not held here: no reason to give
+
+    run(tmp_path, scenario)
+
+
 def test_assignment_back_to_the_same_node_reuses_the_open_store(tmp_path: Path) -> None:
     async def scenario(ports: FakePorts) -> None:
         held = PartitionSet(ports, 8)

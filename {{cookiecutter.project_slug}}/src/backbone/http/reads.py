@@ -84,6 +84,8 @@ async def read_answer(
     except ValueError as exc:
         raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
     except UnavailableError as exc:
+        if not exc.retry:
+            raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
         raise HTTPException(
             status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=f"{exc}: retry shortly", headers=RETRY
         ) from exc

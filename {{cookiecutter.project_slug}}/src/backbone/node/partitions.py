@@ -130,6 +130,11 @@ class PartitionSet:
     def failures(self) -> list[str]:
         return [h.failure for h in self.held.values() if h.failure is not None]
 
+    def failure(self, p: int) -> str | None:
+        """Why partition ``p`` of this node failed (it needs an operator), if it did."""
+        held = self.held.get(p)
+        return None if held is None else held.failure
+
     def incomplete(self) -> list[dict[str, Any]]:
         return [
             h.incomplete.as_dict()

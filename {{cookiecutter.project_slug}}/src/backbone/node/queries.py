@@ -105,6 +105,11 @@ class Queries(Generic[A]):
         if answer is not None:
             return answer
         partition = local.partition_of(aggregate_id)
+        failure = local.partitions.failure(partition)
+        if failure is not None:  # waiting would not help: say what will
+            raise UnavailableError(
+                f"{failure}; /health/ready lists every partition that failed", retry=False
+            )
         role = "active" if consistency == ACTIVE else "ready"
         raise UnavailableError(
             f"partition {partition} is not {role} on this node, and no other node that holds "

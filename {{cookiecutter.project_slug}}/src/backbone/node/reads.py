@@ -42,7 +42,12 @@ PREVIOUS = "previous-generation"
 
 
 class UnavailableError(RuntimeError):
-    """No replica can answer now (moving, restoring, unknown owner): retry shortly (503)."""
+    """No replica can answer now (moving, restoring, unknown owner): retry shortly (503).
+    ``retry`` False: not before an operator acts, as the message says."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class NotReachedError(TimeoutError):
