@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import sys
 import unicodedata
 from collections.abc import Mapping
@@ -80,11 +81,30 @@ def refuse(problems: list[str]) -> InvalidAnswers:
 
 
 def checked_answers(answers: Mapping[str, Any]) -> str:
-    """Render as '' when every answer is valid; otherwise print the problems and stop."""
+    """Render as '' when every answer is valid; otherwise print the problems, the command
+    that asks nothing with the answers given (to edit, not to type them all again), and stop."""
     problems: list[str] = _pre_gen_checks().problems_in(dict(answers))
     if problems:
+        print(f"To try again without the questions, fix and run:\n  {retry_command(answers)}")
         raise refuse(problems)
     return ""
+
+
+def retry_command(answers: Mapping[str, Any]) -> str:
+    """``cookiecutter <template> --no-input`` with each answer that is not its default; a
+    derived default (a template, such as ``project_slug``'s) is rendered from the answers."""
+    render = Environment()
+    render.filters["slug"] = slug
+    given = []
+    for key, default in _defaults().items():
+        if key.startswith("_") or not isinstance(default, str) or key not in answers:
+            continue
+        value = str(answers[key])
+        if JINJA.search(default):
+            default = render.from_string(default).render(cookiecutter=answers)
+        if value != default:
+            given.append(f"{key}={shlex.quote(value)}")
+    return " ".join(["cookiecutter", shlex.quote(str(TEMPLATE)), "--no-input", *given])
 
 
 def _defaults() -> dict[str, Any]:

@@ -385,9 +385,15 @@ def test_every_problem_is_reported_at_once(
             output_dir=str(tmp_path),
             config_file=str(cookiecutter_config),
         )
-    stderr = capfd.readouterr().err.splitlines()
+    said = capfd.readouterr()
+    stderr = said.err.splitlines()
     errors = [line.split()[1] for line in stderr if line.startswith("ERROR: ")]
     assert errors == ["package_name", "partitions", "standby_replicas"], stderr
+    # The answers given, as a command to fix and run: nobody types every answer again.
+    retry = said.out.splitlines()[-1].strip()
+    assert retry == (
+        f"cookiecutter {ROOT} --no-input package_name=backbone partitions=0 standby_replicas=-1"
+    ), said.out
 
 
 def test_choice_outside_yes_no_is_refused(
