@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from cookiecutter.main import cookiecutter
 
 from backbone.dev.cluster import wait_until
 from backbone.dev.localkafka import LocalKafka
@@ -45,7 +45,13 @@ def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     say("baking a service from the template (defaults: customer-backbone)")
-    project = Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(WORK)))
+    # Quiet: the bake's "Next steps" are for a service of one's own, not this demo's copy.
+    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--no-input", "-o", str(WORK)]
+    baked = subprocess.run(command, capture_output=True, text=True, check=False)
+    if baked.returncode != 0:
+        print(baked.stdout + baked.stderr, file=sys.stderr)
+        return baked.returncode
+    project = WORK / "customer-backbone"
     print(f"    {project}")
     sys.path.insert(0, str(project / "src"))
     from backbone.dev.cluster import NodeProcess
@@ -182,10 +188,12 @@ def rejoin_wiped(nodes: list[Any], killed: Any, node_process: Any, env: dict[str
         f"    ready after {time.monotonic() - started:.1f} s: active {status.get('active')}, "
         f"standby {status.get('standby')}, every standby 0 records behind"
     )
+    names = {node.internal_url: node.name for node in nodes}  # peers copy over internal ports
     for copy in copies:
         print(
             f"    p{copy['partition']}: copied a checkpoint of {copy['bytes']} bytes from "
-            f"{copy['source']} in {copy['seconds']} s ({copy['mb_per_s']} MB/s)"
+            f"{names.get(copy['source'], copy['source'])} in {copy['seconds']} s "
+            f"({copy['mb_per_s']} MB/s)"
         )
 
 
